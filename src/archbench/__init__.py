@@ -1,0 +1,6 @@
+"""archbench: a PyTorch lab for vision architectures."""
+
+from .models import create_model, get_model_card, list_models
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "create_model", "get_model_card", "list_models"]

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``archbench`` CLI, one module each (see ``archbench.cli``)."""

@@ -1,0 +1,377 @@
+"""ResNet, ResNeXt, SE-ResNet and ECA-ResNet.
+
+*Deep Residual Learning for Image Recognition* (He et al., 2016); *Aggregated Residual
+Transformations* (ResNeXt, 2017); *Squeeze-and-Excitation Networks* (2018); *ECA-Net*
+(2020). Channel attention enters a block through ``attn_layer`` (any name registered
+with ``archbench.layers.register_attn``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..layers import DropPath, create_attn, drop_path_rates
+from ._base import FeatureInfo, ImageClassifier
+from ._registry import ModelCard, build_model, register_model
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+
+def _conv_bn(
+    cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        cardinality: int = 1,
+        base_width: int = 64,
+        attn_layer: str | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cardinality != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only cardinality=1 and base_width=64")
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.attn = create_attn(attn_layer, width)
+        self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act2 = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.attn(self.bn2(self.conv2(x)))
+        return self.act2(self.drop_path(x) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        cardinality: int = 1,
+        base_width: int = 64,
+        attn_layer: str | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mid = int(width * (base_width / 64.0)) * cardinality
+        out = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=cardinality, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.attn = create_attn(attn_layer, out)
+        self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act3 = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.attn(self.bn3(self.conv3(x)))
+        return self.act3(self.drop_path(x) + shortcut)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(ImageClassifier):
+    """A ResNet: stem, four stages of residual blocks, global average pool, linear head.
+
+    ``stem="imagenet"`` is the 7x7/2 convolution plus 3x3/2 max-pool (stride 4);
+    ``stem="cifar"`` is one 3x3/1 convolution for 32x32 inputs (stride 1).
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        block: str = "basic",
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        stem_width: int = 64,
+        cardinality: int = 1,
+        base_width: int = 64,
+        attn_layer: str | None = None,
+        zero_init_last: bool = True,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int = 224,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
+        if len(layers) != len(widths):
+            raise ValueError(f"layers {layers} and widths {widths} must have the same length")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+        block_cls = BLOCKS[block]
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+
+        if stem == "imagenet":
+            self.stem = nn.Sequential(
+                _conv_bn(in_chans, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
+            )
+            reduction = 4
+        else:
+            self.stem = _conv_bn(in_chans, stem_width, 3, stride=1)
+            reduction = 1
+        self.input_multiple = reduction * 2 ** (len(layers) - 1)
+
+        dprs = drop_path_rates(drop_path_rate, layers)
+        cin = stem_width
+        self.feature_info = []
+        stages = []
+        for i, (depth, width) in enumerate(zip(layers, widths)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            cout = width * block_cls.expansion
+            blocks = []
+            for j in range(depth):
+                s = stride if j == 0 else 1
+                down = None
+                if s != 1 or cin != cout:
+                    down = _conv_bn(cin, cout, 1, stride=s, act=False)
+                blocks.append(
+                    block_cls(cin, width, s, down, cardinality, base_width, attn_layer, dprs[i][j])
+                )
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(FeatureInfo(cout, reduction, f"layer{i + 1}"))
+        # named layer1..layer4 like the original release, so module paths read naturally
+        for i, stage in enumerate(stages):
+            self.add_module(f"layer{i + 1}", stage)
+        self.num_stages = len(stages)
+        self.num_features = cin
+        self.cam_target = f"layer{len(stages)}"
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_last)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_last:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.stem(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean((2, 3)))
+        return x if pre_logits else self.head(x)
+
+
+def _resnet(defaults: dict[str, Any], kwargs: dict[str, Any]) -> ResNet:
+    return build_model(ResNet, defaults, kwargs)
+
+
+_RESNET = "Deep Residual Learning for Image Recognition"
+_TV = "torchvision release (ImageNet-1k, 224px, single crop)"
+
+
+@register_model(
+    ModelCard("resnet", _RESNET, 2016, "cnn", params_m=11.69, gmacs=1.8, top1=69.76, source=_TV)
+)
+def resnet18(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(2, 2, 2, 2), block="basic"), kwargs)
+
+
+@register_model(
+    ModelCard("resnet", _RESNET, 2016, "cnn", params_m=21.80, gmacs=3.6, top1=73.31, source=_TV)
+)
+def resnet34(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(3, 4, 6, 3), block="basic"), kwargs)
+
+
+@register_model(
+    ModelCard("resnet", _RESNET, 2016, "cnn", params_m=25.56, gmacs=3.8, top1=76.13, source=_TV)
+)
+def resnet50(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(3, 4, 6, 3), block="bottleneck"), kwargs)
+
+
+@register_model(
+    ModelCard("resnet", _RESNET, 2016, "cnn", params_m=44.55, gmacs=7.6, top1=77.37, source=_TV)
+)
+def resnet101(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(3, 4, 23, 3), block="bottleneck"), kwargs)
+
+
+@register_model(
+    ModelCard(
+        "resnext",
+        "Aggregated Residual Transformations for Deep Neural Networks",
+        2017,
+        "cnn",
+        params_m=25.03,
+        gmacs=4.2,
+        top1=77.8,
+        source="paper Table 3 (top-1 error 22.2) and official release params",
+    )
+)
+def resnext50_32x4d(**kwargs: Any) -> ResNet:
+    return _resnet(
+        dict(layers=(3, 4, 6, 3), block="bottleneck", cardinality=32, base_width=4), kwargs
+    )
+
+
+@register_model(
+    ModelCard(
+        "seresnet",
+        "Squeeze-and-Excitation Networks",
+        2018,
+        "cnn",
+        params_m=28.09,
+        gmacs=3.87,
+        top1=76.71,
+        source="paper Table 2 (top-1 error 23.29, 3.87 GFLOPs); params of the r=16 release",
+    )
+)
+def seresnet50(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(3, 4, 6, 3), block="bottleneck", attn_layer="se"), kwargs)
+
+
+@register_model(
+    ModelCard(
+        "ecaresnet",
+        "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+        2020,
+        "cnn",
+        params_m=25.56,
+        gmacs=3.86,
+        top1=77.48,
+        source="paper Table 2 (77.48 top-1, 3.86 GFLOPs); params are ResNet-50's 25.557M plus ECA's 80",
+        notes="The paper's table lists 24.37M for both ResNet-50 and ECA-Net50, which matches "
+        "neither the ResNet-50 architecture (25.557M) nor its own release; ECA adds 80 weights.",
+    )
+)
+def ecaresnet50(**kwargs: Any) -> ResNet:
+    return _resnet(dict(layers=(3, 4, 6, 3), block="bottleneck", attn_layer="eca"), kwargs)
+
+
+_CPU = dict(stem="cifar", img_size=32)
+
+
+@register_model(ModelCard("resnet", _RESNET, 2016, "cnn", scale="cpu", img_size=32))
+def resnet_pico(**kwargs: Any) -> ResNet:
+    """Four stages of one basic block, widths 16-128, CIFAR stem: about 0.17M parameters."""
+    return _resnet(
+        dict(layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, **_CPU), kwargs
+    )
+
+
+@register_model(ModelCard("resnet", _RESNET, 2016, "cnn", scale="cpu", img_size=32))
+def resnet_nano(**kwargs: Any) -> ResNet:
+    """ResNet-10-style: one basic block per stage, widths 32-256, CIFAR stem."""
+    return _resnet(
+        dict(layers=(1, 1, 1, 1), widths=(32, 64, 128, 256), stem_width=32, **_CPU), kwargs
+    )
+
+
+@register_model(ModelCard("resnet", _RESNET, 2016, "cnn", scale="cpu", img_size=32))
+def resnet18_cifar(**kwargs: Any) -> ResNet:
+    """ResNet-18 with the CIFAR stem (3x3/1, no max-pool), the usual 32x32 baseline."""
+    return _resnet(dict(layers=(2, 2, 2, 2), **_CPU), kwargs)
+
+
+@register_model(
+    ModelCard("seresnet", "Squeeze-and-Excitation Networks", 2018, "cnn", scale="cpu", img_size=32)
+)
+def seresnet_pico(**kwargs: Any) -> ResNet:
+    return _resnet(
+        dict(layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, attn_layer="se", **_CPU),
+        kwargs,
+    )
+
+
+@register_model(
+    ModelCard(
+        "ecaresnet",
+        "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+        2020,
+        "cnn",
+        scale="cpu",
+        img_size=32,
+    )
+)
+def ecaresnet_pico(**kwargs: Any) -> ResNet:
+    return _resnet(
+        dict(
+            layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, attn_layer="eca", **_CPU
+        ),
+        kwargs,
+    )
+
+
+@register_model(
+    ModelCard(
+        "resnext",
+        "Aggregated Residual Transformations for Deep Neural Networks",
+        2017,
+        "cnn",
+        scale="cpu",
+        img_size=32,
+    )
+)
+def resnext_pico(**kwargs: Any) -> ResNet:
+    return _resnet(
+        dict(
+            layers=(1, 1, 1, 1),
+            block="bottleneck",
+            widths=(16, 32, 64, 128),
+            stem_width=16,
+            cardinality=8,
+            base_width=4,
+            **_CPU,
+        ),
+        kwargs,
+    )
