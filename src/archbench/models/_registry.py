@@ -197,4 +197,8 @@ def build_model(
     bad_defaults = sorted(set(defaults) - set(accepted))
     if bad_defaults:  # a mistake in a builder table, not in user input
         raise TypeError(f"variant defaults name unknown {cls.__name__} argument(s) {bad_defaults}")
-    return cls(**{**defaults, **kwargs})
+    args = {**defaults, **kwargs}
+    model = cls(**args)
+    # Recorded so that a model can be rebuilt or rescaled (matched-budget comparisons).
+    model.build_args = args
+    return model
