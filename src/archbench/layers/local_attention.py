@@ -1,0 +1,275 @@
+"""Local and structured self-attention variants.
+
+Token tensors are (B, N, C) with the grid (H, W) passed alongside; spatial tensors are
+NCHW. Each class says whether it runs through ``F.scaled_dot_product_attention`` (SDPA)
+and, when it cannot, why.
+
+- :class:`CosineCpbAttention` (TransNeXt, global stage): length-scaled cosine attention
+  with a query embedding and a continuous relative position bias. Uses SDPA.
+- :class:`AggregatedAttention` (TransNeXt): pixel-focused sliding-window keys plus pooled
+  keys under one softmax, with learnable tokens. Not SDPA (see the class).
+- :class:`HaloAttention` (HaloNet): blocked local attention with halos and relative
+  position logits. Uses SDPA with the relative logits as the additive bias.
+- :class:`SlicedGroupAttention` (SReT): self-attention inside token groups. Uses SDPA.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "AggregatedAttention",
+    "CosineCpbAttention",
+    "continuous_position_index",
+    "pooled_axis_positions",
+]
+
+
+# ----------------------------------------------------------------------------------
+# TransNeXt: continuous relative position bias between a query grid and a pooled grid
+# ----------------------------------------------------------------------------------
+def pooled_axis_positions(length: int, pooled: int) -> list[float]:
+    """Centre of each adaptive-average-pooling bin of ``range(length)`` into ``pooled`` bins."""
+    out = []
+    for i in range(pooled):
+        start = (i * length) // pooled
+        end = -((-(i + 1) * length) // pooled)
+        out.append(sum(range(start, end)) / (end - start))
+    return out
+
+
+@lru_cache(maxsize=64)
+def _position_tables(
+    query: tuple[int, int], key: tuple[int, int], pretrain: tuple[int, int]
+) -> tuple[list[list[float]], list[int]]:
+    """Unique log-spaced (dy, dx) offsets between a query grid and a pooled key grid.
+
+    Plain Python (it depends only on sizes), so models build and run on ``meta``.
+    Returns the table of offsets and, for every (query, key) pair, its row in the table.
+    """
+    axes = []
+    for q_len, k_len, p_len in zip(query, key, pretrain):
+        kpos = pooled_axis_positions(q_len, k_len)
+        denom = max(p_len - 1, 1)
+        rel = [[(qi - kj) / denom * 8 for kj in kpos] for qi in range(q_len)]
+        values = sorted({v for row in rel for v in row})
+        where = {v: i for i, v in enumerate(values)}
+        idx = [[where[v] for v in row] for row in rel]
+        axes.append((values, idx))
+    (hv, hidx), (wv, widx) = axes
+
+    def squash(v: float) -> float:
+        return math.copysign(math.log2(abs(v) + 1.0) / 3.0, v)  # log2(8) = 3
+
+    table = [[squash(a), squash(b)] for a in hv for b in wv]
+    index = [
+        hidx[qh][kh] * len(wv) + widx[qw][kw]
+        for qh in range(query[0])
+        for qw in range(query[1])
+        for kh in range(key[0])
+        for kw in range(key[1])
+    ]
+    return table, index
+
+
+def continuous_position_index(
+    query: tuple[int, int],
+    key: tuple[int, int],
+    pretrain: tuple[int, int],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table, index) tensors for a continuous position bias MLP (TransNeXt, Swin-V2 style)."""
+    table, index = _position_tables(tuple(query), tuple(key), tuple(pretrain))
+    return (
+        torch.tensor(table, dtype=torch.float32, device=device),
+        torch.tensor(index, dtype=torch.long, device=device),
+    )
+
+
+class _ContinuousBias(nn.Module):
+    """2 -> hidden -> heads MLP turning log-spaced offsets into per-head biases."""
+
+    def __init__(self, num_heads: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, num_heads)
+
+    def forward(
+        self, query: tuple[int, int], key: tuple[int, int], pretrain: tuple[int, int]
+    ) -> torch.Tensor:
+        table, index = continuous_position_index(query, key, pretrain, self.fc1.weight.device)
+        table = table.to(self.fc1.weight.dtype)
+        bias = self.fc2(self.act(self.fc1(table)))  # (T, heads)
+        nq, nk = query[0] * query[1], key[0] * key[1]
+        return bias.transpose(0, 1)[:, index].view(-1, nq, nk)
+
+
+def _softplus_inverse(value: float) -> float:
+    return math.log(math.expm1(value))
+
+
+class CosineCpbAttention(nn.Module):
+    """Global attention of TransNeXt's last stage.
+
+    logits = (normalize(q) + query_embedding) * softplus(temperature) * log(N)
+    . normalize(k)^T + cpb(relative offsets). Runs through SDPA with ``scale=1`` and the
+    position bias as ``attn_mask`` (it is exactly softmax(QK^T + bias)V).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pretrain_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.pretrain_size = pretrain_size
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), _softplus_inverse(1 / 0.24)))
+        self.query_embedding = nn.Parameter(torch.zeros(num_heads, 1, self.head_dim))
+        nn.init.trunc_normal_(self.query_embedding, std=0.02)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.cpb = _ContinuousBias(num_heads)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scale = F.softplus(self.temperature) * math.log(n)
+        q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
+        bias = self.cpb(size, size, self.pretrain_size or size).unsqueeze(0).to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            F.normalize(k, dim=-1),
+            v,
+            attn_mask=bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=1.0,
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class AggregatedAttention(nn.Module):
+    """Aggregated attention (TransNeXt): pixel-focused sliding window + pooled tokens.
+
+    Every query attends, under one softmax, to the ``window x window`` neighbourhood
+    around itself (fine, foveal keys) and to the feature map pooled to
+    ``grid // sr_ratio`` (coarse keys). Queries and keys are L2-normalized; the logits
+    are scaled by a learnable per-head temperature and log(number of keys); a learnable
+    query embedding is added to every query; local keys carry a learnable relative bias
+    and pooled keys a continuous (MLP) position bias. The learnable tokens add a
+    query-dependent, *unnormalized* weight ``q . T + b`` to the softmaxed local weights.
+
+    Not SDPA: the local keys differ per query (a sliding window, gathered by unfold), and
+    the learnable-token term is added after the softmax, so the output is not of the
+    form softmax(QK^T + bias)V. Written with unfold and einsum.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 3,
+        sr_ratio: int = 2,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pretrain_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if window_size < 1 or window_size % 2 == 0:
+            raise ValueError(f"window_size must be a positive odd number, got {window_size}")
+        if sr_ratio < 1:
+            raise ValueError(f"sr_ratio must be >= 1, got {sr_ratio}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_size = window_size
+        self.local_len = window_size**2
+        self.sr_ratio = sr_ratio
+        self.pretrain_size = pretrain_size
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), _softplus_inverse(1 / 0.24)))
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.query_embedding = nn.Parameter(torch.zeros(num_heads, 1, self.head_dim))
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # pooled (coarse) branch
+        self.sr = nn.Conv2d(dim, dim, 1)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(dim)
+        self.cpb = _ContinuousBias(num_heads)
+        # local (fine) branch
+        self.relative_pos_bias_local = nn.Parameter(torch.zeros(num_heads, self.local_len))
+        self.learnable_tokens = nn.Parameter(torch.zeros(num_heads, self.head_dim, self.local_len))
+        self.learnable_bias = nn.Parameter(torch.zeros(num_heads, 1, self.local_len))
+        nn.init.trunc_normal_(self.query_embedding, std=0.02)
+        nn.init.trunc_normal_(self.relative_pos_bias_local, std=0.0004)
+        nn.init.trunc_normal_(self.learnable_tokens, std=0.02)
+
+    def pool_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return max(size[0] // self.sr_ratio, 1), max(size[1] // self.sr_ratio, 1)
+
+    def _window_mask(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """(N, L) bool, True where a window position falls outside the image."""
+        ones = torch.ones(1, 1, *size, device=device)
+        inside = F.unfold(ones, self.window_size, padding=self.window_size // 2)
+        return inside[0].transpose(0, 1) == 0
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = size
+        heads, hd, win = self.num_heads, self.head_dim, self.window_size
+        pool = self.pool_size(size)
+        pool_len = pool[0] * pool[1]
+
+        outside = self._window_mask(size, x.device)  # (N, L)
+        valid_local = (~outside).sum(-1, keepdim=True).to(x.dtype)  # (N, 1)
+        length_scale = torch.log(valid_local + pool_len)  # log(number of keys) per query
+
+        q = F.normalize(self.q(x).reshape(b, n, heads, hd).transpose(1, 2), dim=-1)
+        q_scaled = (q + self.query_embedding) * F.softplus(self.temperature) * length_scale
+
+        k, v = self.kv(x).chunk(2, dim=-1)
+        k = F.normalize(k.reshape(b, n, heads, hd), dim=-1).reshape(b, n, c)
+        kv = torch.cat([k, v], dim=-1).transpose(1, 2).reshape(b, 2 * c, h, w)
+        kv = F.unfold(kv, win, padding=win // 2).reshape(b, 2, heads, hd, self.local_len, n)
+        k_local, v_local = kv[:, 0], kv[:, 1]  # (B, heads, d, L, N)
+
+        attn_local = torch.einsum("bhnd,bhdln->bhnl", q_scaled, k_local)
+        attn_local = attn_local + self.relative_pos_bias_local.unsqueeze(1)
+        attn_local = attn_local.masked_fill(outside, float("-inf"))
+
+        pooled = x.transpose(1, 2).reshape(b, c, h, w)
+        pooled = F.adaptive_avg_pool2d(self.act(self.sr(pooled)), pool)
+        pooled = self.norm(pooled.flatten(2).transpose(1, 2))
+        kv_pool = self.kv(pooled).reshape(b, pool_len, 2, heads, hd).permute(2, 0, 3, 1, 4)
+        k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]
+        pretrain = self.pretrain_size or size
+        pool_bias = self.cpb(size, pool, pretrain).to(x.dtype)
+        attn_pool = q_scaled @ k_pool.transpose(-2, -1) + pool_bias
+
+        attn = torch.cat([attn_local, attn_pool], dim=-1).softmax(dim=-1)
+        attn = self.attn_drop(attn)
+        attn_local, attn_pool = attn.split([self.local_len, pool_len], dim=-1)
+        token_weights = q @ self.learnable_tokens + self.learnable_bias  # (B, heads, N, L)
+        out_local = torch.einsum("bhnl,bhdln->bhnd", attn_local + token_weights, v_local)
+        out = out_local + attn_pool @ v_pool
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))

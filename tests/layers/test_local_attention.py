@@ -1,0 +1,126 @@
+"""Local attention variants agree with plain attention where they reduce to it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archbench.layers import reference_attention
+from archbench.layers.local_attention import (
+    AggregatedAttention,
+    CosineCpbAttention,
+    continuous_position_index,
+    pooled_axis_positions,
+)
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def test_pooled_axis_positions_match_adaptive_pool():
+    for length, pooled in [(7, 3), (8, 4), (56, 7), (5, 5)]:
+        ours = torch.tensor(pooled_axis_positions(length, pooled))
+        ref = F.adaptive_avg_pool1d(torch.arange(length, dtype=torch.float32)[None], pooled)[0]
+        torch.testing.assert_close(ours, ref)
+
+
+def test_continuous_position_table_gives_log_spaced_offsets():
+    query, key, pre = (4, 6), (2, 3), (4, 6)
+    table, index = continuous_position_index(query, key, pre, torch.device("cpu"))
+    kh = pooled_axis_positions(4, 2)
+    kw = pooled_axis_positions(6, 3)
+    rows = table[index].view(4, 6, 2, 3, 2)
+    for qh, qw, i, j in [(0, 0, 0, 0), (3, 5, 1, 2), (2, 1, 0, 2)]:
+        dy = (qh - kh[i]) / 3 * 8
+        dx = (qw - kw[j]) / 5 * 8
+        expect = [math.copysign(math.log2(abs(v) + 1) / 3, v) for v in (dy, dx)]
+        torch.testing.assert_close(rows[qh, qw, i, j], torch.tensor(expect))
+
+
+def test_cosine_cpb_attention_equals_reference():
+    torch.manual_seed(0)
+    attn = CosineCpbAttention(16, 2).eval()
+    x = torch.randn(2, 12, 16)
+    size = (3, 4)
+    out = attn(x, size)
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
+    q, k, v = _heads(q, 2), _heads(k, 2), _heads(v, 2)
+    scale = F.softplus(attn.temperature) * math.log(12)
+    q = (F.normalize(q, dim=-1) + attn.query_embedding) * scale * math.sqrt(8)
+    bias = attn.cpb(size, size, size)
+    ref = reference_attention(q, F.normalize(k, dim=-1), v, bias)
+    ref = attn.proj(ref.transpose(1, 2).reshape(2, 12, 16))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_aggregated_attention_is_masked_attention_over_window_and_pooled_keys():
+    """With the learnable tokens at zero, aggregated attention is ordinary attention over
+    [every token, masked to the 3x3 neighbourhood] + [pooled tokens] with the local
+    relative bias and the continuous pooled bias."""
+    torch.manual_seed(0)
+    h, w, dim, heads = 4, 5, 16, 2
+    attn = AggregatedAttention(dim, heads, window_size=3, sr_ratio=2).eval()
+    with torch.no_grad():
+        attn.learnable_tokens.zero_()
+        attn.learnable_bias.zero_()
+        attn.relative_pos_bias_local.normal_()
+    n = h * w
+    x = torch.randn(2, n, dim)
+    out = attn(x, (h, w))
+
+    pool = attn.pool_size((h, w))
+    p = pool[0] * pool[1]
+    q = F.normalize(_heads(attn.q(x), heads), dim=-1)
+    k, v = attn.kv(x).chunk(2, dim=-1)
+    pooled = F.adaptive_avg_pool2d(attn.act(attn.sr(x.transpose(1, 2).reshape(2, dim, h, w))), pool)
+    pooled = attn.norm(pooled.flatten(2).transpose(1, 2))
+    kp, vp = attn.kv(pooled).chunk(2, dim=-1)
+    keys = torch.cat(
+        [F.normalize(_heads(k, heads), dim=-1), F.normalize(_heads(kp, heads), dim=-1)], 2
+    )
+    values = torch.cat([_heads(v, heads), _heads(vp, heads)], 2)
+
+    bias = torch.full((heads, n, n + p), float("-inf"))
+    counts = torch.zeros(n)
+    for qi in range(n):
+        qy, qx = divmod(qi, w)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                ky, kx = qy + dy, qx + dx
+                if 0 <= ky < h and 0 <= kx < w:
+                    bias[:, qi, ky * w + kx] = attn.relative_pos_bias_local[
+                        :, (dy + 1) * 3 + dx + 1
+                    ]
+                    counts[qi] += 1
+    bias[:, :, n:] = attn.cpb((h, w), pool, (h, w))
+    scale = F.softplus(attn.temperature) * torch.log(counts + p).view(1, n, 1)
+    q_scaled = (q + attn.query_embedding) * scale * math.sqrt(dim // heads)
+    ref = reference_attention(q_scaled, keys, values, bias)
+    ref = attn.proj(ref.transpose(1, 2).reshape(2, n, dim))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_aggregated_attention_learnable_tokens_add_unnormalized_local_weights():
+    torch.manual_seed(0)
+    attn = AggregatedAttention(8, 1, window_size=3, sr_ratio=1).eval()
+    x = torch.randn(1, 9, 8)
+    base = attn(x, (3, 3))
+    with torch.no_grad():
+        attn.learnable_bias.fill_(1.0)  # adds the sum of the (in-image) neighbour values
+    shifted = attn(x, (3, 3))
+    _, v = attn.kv(x).chunk(2, dim=-1)
+    vmap = v.transpose(1, 2).reshape(1, 8, 3, 3)
+    neighbour_sum = F.conv2d(vmap, torch.ones(8, 1, 3, 3), padding=1, groups=8)
+    extra = attn.proj(neighbour_sum.flatten(2).transpose(1, 2)) - attn.proj.bias
+    torch.testing.assert_close(shifted - base, extra, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"window_size": 2}, {"sr_ratio": 0}])
+def test_aggregated_attention_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        AggregatedAttention(8, 2, **bad)
