@@ -1,0 +1,174 @@
+"""Aggregate comparison runs into a leaderboard: mean and spread over seeds, with noise marked.
+
+Two models are "within noise" when the difference of their mean test accuracies is
+smaller than twice its standard error, sqrt(s1^2/n1 + s2^2/n2) (roughly a two-sided 95%
+Welch interval). With a single seed there is no estimate of the noise, and the table
+says so instead of pretending a ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["aggregate", "leaderboard_markdown", "leaderboard_text", "within_noise"]
+
+METRICS = (
+    "test_top1",
+    "val_top1",
+    "params",
+    "macs",
+    "latency_ms",
+    "throughput",
+    "peak_memory_mb",
+    "train_time_s",
+)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std
+
+
+def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model (completed runs only), sorted by mean test top-1, best first."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    failed: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        if r.get("status") == "completed":
+            by_model[r["model"]].append(r)
+        else:
+            failed[r["model"]].append(
+                f"seed {r.get('seed')}: {r.get('status')}: {r.get('error', '')}".strip()
+            )
+    rows = []
+    for model, runs in by_model.items():
+        row: dict[str, Any] = {"model": model, "n": len(runs), "kind": runs[0].get("kind")}
+        for m in METRICS:
+            row[m], row[f"{m}_std"] = _mean_std([r.get(m) for r in runs])
+        row["seeds"] = sorted(r.get("seed") for r in runs)
+        row["scaled_kwargs"] = runs[0].get("model_kwargs", {})
+        row["failed"] = failed.pop(model, [])
+        rows.append(row)
+    rows.sort(key=lambda r: -(r["test_top1"] if r["test_top1"] is not None else -1))
+    for model, errs in failed.items():
+        rows.append({"model": model, "n": 0, "failed": errs, **{m: None for m in METRICS}})
+    _mark_noise(rows)
+    return rows
+
+
+def within_noise(a: dict[str, Any], b: dict[str, Any], key: str = "test_top1") -> bool | None:
+    """True when the difference of ``a`` and ``b`` is inside 2 standard errors; None if unknown."""
+    if (
+        a.get(f"{key}_std") is None
+        or b.get(f"{key}_std") is None
+        or a.get(key) is None
+        or b.get(key) is None
+    ):
+        return None
+    se = math.sqrt(a[f"{key}_std"] ** 2 / a["n"] + b[f"{key}_std"] ** 2 / b["n"])
+    return abs(a[key] - b[key]) <= 2 * se
+
+
+def _mark_noise(rows: list[dict[str, Any]]) -> None:
+    done = [r for r in rows if r["n"] > 0]
+    if not done:
+        return
+    best = done[0]
+    for i, r in enumerate(done):
+        if i == 0:
+            r["vs_best"] = "best"
+            continue
+        tie = within_noise(r, best)
+        diff = r["test_top1"] - best["test_top1"]
+        if tie is None:
+            r["vs_best"] = f"{diff:+.2f} (1 seed: noise unknown)"
+        elif tie:
+            r["vs_best"] = f"{diff:+.2f} (within noise)"
+        else:
+            r["vs_best"] = f"{diff:+.2f} (outside noise)"
+    for r in done[1:]:
+        r["tied_with_best"] = within_noise(r, best)
+    best["tied_with_best"] = True
+
+
+def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}}" if std is None else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    if r["n"] == 0:
+        return [
+            r["model"],
+            "failed",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "0",
+            "; ".join(r["failed"])[:120],
+        ]
+    return [
+        r["model"],
+        _pm(r["test_top1"], r["test_top1_std"], ".2f"),
+        _pm(r["val_top1"], r["val_top1_std"], ".2f"),
+        f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-",
+        f"{r['macs'] / 1e6:.1f}" if r["macs"] is not None else "-",
+        _pm(r["latency_ms"], r["latency_ms_std"], ".2f"),
+        f"{r['throughput']:.0f}" if r["throughput"] is not None else "-",
+        f"{r['peak_memory_mb']:.1f}" if r["peak_memory_mb"] is not None else "-",
+        f"{r['train_time_s']:.0f}" if r["train_time_s"] is not None else "-",
+        str(r["n"]),
+        r.get("vs_best", "") + (f"; {len(r['failed'])} failed" if r.get("failed") else ""),
+    ]
+
+
+HEADERS = [
+    "model",
+    "test top-1 (%)",
+    "val top-1 (%)",
+    "params (M)",
+    "MMACs",
+    "latency b1 (ms)",
+    "img/s",
+    "peak mem (MB)",
+    "train (s)",
+    "seeds",
+    "vs best",
+]
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]], conditions: str = "") -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    text = "\n".join(lines)
+    notes = (
+        "\n\nMean ± standard deviation over seeds. 'within noise': the gap to the best model is "
+        "smaller than twice its standard error (Welch); such models are not distinguishable by "
+        "this comparison. Test accuracy is measured once per run, on the checkpoint chosen on "
+        "the validation split."
+    )
+    return text + notes + (f"\n\n{conditions}" if conditions else "") + "\n"
+
+
+def leaderboard_text(rows: list[dict[str, Any]]) -> str:
+    table = [HEADERS] + [_cells(r) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
+    out = []
+    for n, row in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
