@@ -1,0 +1,39 @@
+"""Attention variants agree with plain attention where their papers say they reduce to it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from archbench.layers import reference_attention
+from archbench.layers.attention_variants import (
+    TokenProjectionAttention,
+)
+
+
+def _split(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _plain_mhsa(x, wq, wk, wv, proj, heads, scale=None):
+    """Written-out multi-head attention with given projections."""
+    q, k, v = (_split(f(x), heads) for f in (wq, wk, wv))
+    if scale is not None:  # reference_attention uses 1/sqrt(d); rescale q to get `scale`
+        q = q * scale * math.sqrt(q.shape[-1])
+    return proj(_merge(reference_attention(q, k, v)))
+
+
+def test_token_projection_attention_matches_written_out():
+    torch.manual_seed(0)
+    attn = TokenProjectionAttention(27, 16, num_heads=1).eval()
+    x = torch.randn(2, 10, 27)
+    wq, wk, wv = (lambda t, i=i: attn.qkv(t)[..., 16 * i : 16 * (i + 1)] for i in range(3))
+    expected = wv(x) + _plain_mhsa(x, wq, wk, wv, attn.proj, 1, scale=27**-0.5)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
