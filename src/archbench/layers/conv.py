@@ -1,0 +1,93 @@
+"""Convolution helpers shared by the convolutional families: conv + norm + activation.
+
+``ConvNormAct`` is the unit almost every CNN in archbench is built from (a 2-D
+convolution without bias, a norm, an activation). ``conv_out_size`` is the arithmetic
+of one convolution or pooling layer, used where a model must know its map sizes in
+``__init__`` (plain Python, so models still build on the ``meta`` device).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from .act import create_act
+from .helpers import to_2tuple
+from .norm import create_norm
+
+__all__ = ["ConvNormAct", "conv_out_size", "same_padding"]
+
+
+def same_padding(kernel_size: int | tuple[int, int], dilation: int = 1) -> tuple[int, int]:
+    """Padding that keeps the size of a stride-1 convolution with an odd kernel."""
+    kh, kw = to_2tuple(kernel_size)
+    return (dilation * (kh - 1)) // 2, (dilation * (kw - 1)) // 2
+
+
+def conv_out_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, ceil_mode: bool = False
+) -> int:
+    """Output length of a convolution or pooling along one axis."""
+    span = size + 2 * padding - kernel
+    if span < 0:
+        raise ValueError(f"input of size {size} is smaller than the kernel {kernel}")
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    # PyTorch drops a last window that would start inside the right padding
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias when a norm follows), then a norm, then an activation.
+
+    ``padding=None`` means "same" padding for odd kernels (``(k - 1) // 2`` per axis,
+    times the dilation); pass an int or a pair for anything else, such as the
+    unpadded ("valid") convolutions of Inception. ``norm=None`` or ``act=None`` leaves
+    that part out. Submodules are named ``conv``, ``norm`` and ``act``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool | None = None,
+        norm: str | Callable[[int], nn.Module] | None = "batchnorm",
+        act: str | Callable[[], nn.Module] | None = "relu",
+        norm_eps: float | None = None,
+    ) -> None:
+        super().__init__()
+        if in_chs <= 0 or out_chs <= 0:
+            raise ValueError(f"channels must be positive, got in_chs={in_chs}, out_chs={out_chs}")
+        if in_chs % groups or out_chs % groups:
+            raise ValueError(f"groups={groups} must divide in_chs={in_chs} and out_chs={out_chs}")
+        if padding is None:
+            padding = same_padding(kernel_size, dilation)
+        if bias is None:
+            bias = norm is None
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=bias
+        )
+        if norm is not None:
+            self.norm = create_norm(norm, out_chs)
+            if norm_eps is not None and hasattr(self.norm, "eps"):
+                self.norm.eps = norm_eps
+        if act is not None:
+            self.act = create_act(act)
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - Sequential order
+        for m in self:
+            x = m(x)
+        return x
