@@ -1,0 +1,469 @@
+"""Kolmogorov-Arnold layers: ``KANLinear``, ``KANConv1d/2d/3d``, bottleneck KAN convolution.
+
+Every layer takes a basis from :mod:`archbench.layers.kan_basis` by name (``basis=``)
+plus that basis's options, and computes, for each output ``o``,
+``y_o = sum_i phi_oi(x_i)`` with ``phi_oi(x) = w_b[o, i] * b(x) + sum_k W[o, i, k] B_k(x)``
+(*KAN: Kolmogorov-Arnold Networks*, Liu et al., 2024; ``b`` is the residual base
+function, SiLU by default, none for the KAT rational basis).
+
+Speed: the base function is appended to the basis features as one more feature, so a
+layer is one basis evaluation plus one matrix multiply (linear) or one ordinary
+convolution (convolutional). A KAN convolution applies the KAN to every patch; because
+each edge function depends on one input pixel only, the features of every input pixel
+are computed once, ``(B, C * (K + 1), H, W)``, and convolved with weights
+``(out, C * (K + 1) / groups, k, k)`` -- equal to the KAN on every unfolded patch of the
+padded input, without materialising the unfold (the input is padded before the basis
+is applied, so padded pixels contribute ``phi(0)`` exactly as in the unfold form).
+
+``BottleneckKANConv2d`` is the parameter-efficient layer of *Kolmogorov-Arnold
+Convolutions: Design Principles and Empirical Studies* (Drokin, 2024): a 1x1 projection
+down to ``max(in, out) / reduction`` channels, a KAN convolution there, a 1x1
+projection up, plus a full base convolution of SiLU(x), then norm and SiLU.
+
+``kan_regularization`` gives the KAN paper's L1 and entropy penalties on the mean
+absolute edge activations recorded by layers built with ``track_activations=True``.
+Deviation: the original KAN also multiplies every spline by a learnable per-edge scale;
+that scale is folded into the spline coefficients here (it adds no expressiveness).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kan_basis import BSplineBasis, GroupRationalBasis, KANBasis, create_basis
+
+__all__ = [
+    "BottleneckKANConv1d",
+    "BottleneckKANConv2d",
+    "BottleneckKANConv3d",
+    "KANConv1d",
+    "KANConv2d",
+    "KANConv3d",
+    "KANLinear",
+    "kan_regularization",
+    "unfold_kan_conv2d",
+]
+
+_BASE_ACTS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "identity": lambda t: t}
+
+
+def _base_act(name: str | None, basis: KANBasis):
+    if name == "auto":
+        name = None if isinstance(basis, GroupRationalBasis) else "silu"
+    if name is None:
+        return None, None
+    if name not in _BASE_ACTS:
+        raise ValueError(
+            f"unknown base_act {name!r}; choose one of {sorted(_BASE_ACTS)}, 'auto' or None"
+        )
+    return name, _BASE_ACTS[name]
+
+
+def _features(basis: KANBasis, act, x: torch.Tensor) -> torch.Tensor:
+    """Basis features with the base function appended: (..., in) -> (..., in, K [+ 1])."""
+    feats = basis(x)
+    if act is not None:
+        feats = torch.cat([feats, act(x).unsqueeze(-1)], dim=-1)
+    return feats
+
+
+class KANLinear(nn.Module):
+    """A KAN layer ``in_features -> out_features`` (KAN paper, Eq. 2.6).
+
+    ``basis`` is a name from ``archbench.layers.kan_basis.BASES`` (``**basis_opts`` go to
+    it) or a built basis. ``base_act="auto"`` is SiLU, or none for the rational basis
+    (then the layer is KAT's GR-KAN: a linear map of the group-rational activations).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        basis: str | KANBasis = "bspline",
+        base_act: str | None = "auto",
+        bias: bool = False,
+        track_activations: bool = False,
+        **basis_opts: Any,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1, got {in_features}, {out_features}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.basis = create_basis(basis, in_features, **basis_opts)
+        self.base_act_name, self._act = _base_act(base_act, self.basis)
+        k = self.basis.n_basis
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, k))
+        self.base_weight = (
+            nn.Parameter(torch.empty(out_features, in_features)) if self._act is not None else None
+        )
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.track_activations = track_activations
+        self.edge_l1: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Var[W] = init_std^2 / (in * K); for the rational basis (K = 1) this is KAT's
+        # variance-preserving 1 / (fan_in * E[F(x)^2])
+        std = self.basis.init_std / math.sqrt(self.in_features * self.basis.n_basis)
+        nn.init.normal_(self.weight, 0.0, std)
+        if self.base_weight is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.base_weight, -bound, bound)
+
+    def full_weight(self) -> torch.Tensor:
+        """(out, in, K [+ 1]): spline coefficients with the base weight as the last column."""
+        if self.base_weight is None:
+            return self.weight
+        return torch.cat([self.weight, self.base_weight.unsqueeze(-1)], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = _features(self.basis, self._act, x)
+        w = self.full_weight()
+        y = F.linear(feats.flatten(-2), w.flatten(1), self.bias)
+        if self.track_activations:
+            phi = torch.einsum("...ik,oik->...oi", feats, w)
+            self.edge_l1 = phi.abs().reshape(-1, self.out_features, self.in_features).mean(0)
+        return y
+
+    def edge_functions(self, x: torch.Tensor) -> torch.Tensor:
+        """phi_oi(x_i) for every edge: (..., in) -> (..., out, in)."""
+        return torch.einsum(
+            "...ik,oik->...oi", _features(self.basis, self._act, x), self.full_weight()
+        )
+
+    # ----- grid update and extension (B-spline basis only) -----------------------------
+    def _spline_basis(self) -> BSplineBasis:
+        if not isinstance(self.basis, BSplineBasis):
+            raise TypeError(
+                f"grid update needs the 'bspline' basis, this layer has {type(self.basis).__name__}"
+            )
+        return self.basis
+
+    @torch.no_grad()
+    def _refit(self, x: torch.Tensor, new_grid: torch.Tensor) -> None:
+        basis = self._spline_basis()
+        x = x.reshape(-1, self.in_features)
+        target = torch.einsum("nik,oik->ino", basis(x), self.weight)  # spline part per edge
+        basis.set_grid(new_grid)
+        design = basis(x).transpose(0, 1)  # (in, n, K')
+        sol = torch.linalg.lstsq(design.double(), target.double()).solution  # (in, K', out)
+        self.weight = nn.Parameter(sol.permute(2, 0, 1).to(self.weight.dtype).contiguous())
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, grid_eps: float = 0.02) -> None:
+        """Move the knots to the samples' quantiles (blended with a uniform grid) and refit.
+
+        The spline coefficients become a new Parameter: rebuild the optimizer afterwards.
+        """
+        basis = self._spline_basis()
+        x = x.reshape(-1, self.in_features)
+        self._refit(x, basis.grid_from_samples(x, basis.grid_size, grid_eps))
+
+    @torch.no_grad()
+    def extend_grid(
+        self, grid_size: int, x: torch.Tensor | None = None, n_points: int = 512
+    ) -> None:
+        """Refine to ``grid_size`` intervals over the same range, keeping the function.
+
+        The coefficients are refitted by least squares on ``x`` (or, when ``x`` is None,
+        on ``n_points`` points spread over each feature's grid range).
+        """
+        basis = self._spline_basis()
+        k = basis.spline_order
+        lo, hi = basis.grid[:, k], basis.grid[:, -k - 1]
+        if x is None:
+            t = torch.linspace(0, 1, n_points, device=lo.device)
+            x = lo[None] + (hi - lo)[None] * t[:, None]
+        h = (hi - lo) / grid_size
+        steps = torch.arange(-k, grid_size + k + 1, device=lo.device, dtype=lo.dtype)
+        new_grid = lo[:, None] + h[:, None] * steps[None]
+        self._refit(x, new_grid)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"basis={type(self.basis).__name__}, n_basis={self.basis.n_basis}, base_act={self.base_act_name}"
+        )
+
+
+# ----- convolution ----------------------------------------------------------------------
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_PAD_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _ntuple(v: int | tuple[int, ...], n: int, name: str) -> tuple[int, ...]:
+    out = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    if len(out) != n or any(not isinstance(i, int) for i in out):
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {v!r}")
+    return out
+
+
+class _KANConvNd(nn.Module):
+    ndim: int = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        basis: str | KANBasis = "bspline",
+        base_act: str | None = "auto",
+        bias: bool = False,
+        padding_mode: str = "zeros",
+        **basis_opts: Any,
+    ) -> None:
+        super().__init__()
+        n = self.ndim
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+            )
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
+        self.stride = _ntuple(stride, n, "stride")
+        self.padding = _ntuple(padding, n, "padding")
+        self.dilation = _ntuple(dilation, n, "dilation")
+        if (
+            min(self.kernel_size) < 1
+            or min(self.stride) < 1
+            or min(self.dilation) < 1
+            or min(self.padding) < 0
+        ):
+            raise ValueError("kernel_size, stride and dilation must be >= 1 and padding >= 0")
+        self.padding_mode = padding_mode
+        self.basis = create_basis(basis, in_channels, **basis_opts)
+        self.base_act_name, self._act = _base_act(base_act, self.basis)
+        k = self.basis.n_basis
+        cin = in_channels // groups
+        self.weight = nn.Parameter(torch.empty(out_channels, cin, k, *self.kernel_size))
+        self.base_weight = (
+            nn.Parameter(torch.empty(out_channels, cin, *self.kernel_size))
+            if self._act is not None
+            else None
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        # F.pad takes (last dim first) pairs
+        self._pad = tuple(p for p in reversed(self.padding) for _ in range(2))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = (self.in_channels // self.groups) * math.prod(self.kernel_size)
+        std = self.basis.init_std / math.sqrt(fan_in * self.basis.n_basis)
+        nn.init.normal_(self.weight, 0.0, std)
+        if self.base_weight is not None:
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.base_weight, -bound, bound)
+
+    def full_weight(self) -> torch.Tensor:
+        """(out, in/groups * (K [+ 1]), *kernel): channel-major, basis-minor."""
+        w = self.weight
+        if self.base_weight is not None:
+            w = torch.cat([w, self.base_weight.unsqueeze(2)], dim=2)
+        return w.flatten(1, 2)
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not any(self._pad):
+            return x
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, self._pad, mode=mode)
+
+    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *S) -> (B, C * (K [+ 1]), *S): the KAN features of every input pixel."""
+        feats = _features(self.basis, self._act, x.movedim(1, -1))  # (B, *S, C, K')
+        return feats.flatten(-2).movedim(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != self.ndim + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects (B, {self.in_channels}, ...) with {self.ndim} "
+                f"spatial dims, got {tuple(x.shape)}"
+            )
+        feats = self.pixel_features(self.pad_input(x))
+        return _CONV[self.ndim](
+            feats, self.full_weight(), self.bias, self.stride, 0, self.dilation, self.groups
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, basis={type(self.basis).__name__}, n_basis={self.basis.n_basis}"
+        )
+
+
+class KANConv1d(_KANConvNd):
+    """KAN convolution over (B, C, L)."""
+
+    ndim = 1
+
+
+class KANConv2d(_KANConvNd):
+    """KAN convolution over (B, C, H, W)."""
+
+    ndim = 2
+
+
+class KANConv3d(_KANConvNd):
+    """KAN convolution over (B, C, D, H, W)."""
+
+    ndim = 3
+
+
+def unfold_kan_conv2d(layer: KANConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Reference: the KAN applied to every unfolded patch (slow; for tests and benchmarks)."""
+    xp = layer.pad_input(x)
+    b, c = xp.shape[:2]
+    kh, kw = layer.kernel_size
+    patches = F.unfold(xp, (kh, kw), dilation=layer.dilation, stride=layer.stride)  # (B, C*kk, L)
+    n_loc = patches.shape[-1]
+    patches = patches.view(b, c, kh * kw, n_loc).permute(0, 3, 2, 1)  # (B, L, kk, C)
+    feats = _features(layer.basis, layer._act, patches)  # (B, L, kk, C, K')
+    g = layer.groups
+    kp = feats.shape[-1]
+    feats = feats.view(b, n_loc, kh * kw, g, c // g, kp)
+    w = layer.weight
+    if layer.base_weight is not None:
+        w = torch.cat([w, layer.base_weight.unsqueeze(2)], dim=2)  # (out, C/g, K', kh, kw)
+    w = w.view(g, layer.out_channels // g, c // g, kp, kh * kw)
+    y = torch.einsum("blpgck,gockp->blgo", feats, w).reshape(b, n_loc, layer.out_channels)
+    if layer.bias is not None:
+        y = y + layer.bias
+    h_out = (xp.shape[2] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
+    w_out = (xp.shape[3] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
+    return y.transpose(1, 2).reshape(b, layer.out_channels, h_out, w_out)
+
+
+# ----- bottleneck KAN convolution (design-principles paper) -----------------------------
+
+_NORMS = {
+    1: {"batch": nn.BatchNorm1d, "instance": nn.InstanceNorm1d},
+    2: {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d},
+    3: {"batch": nn.BatchNorm3d, "instance": nn.InstanceNorm3d},
+}
+_CONV_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_KAN_CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
+
+
+class _BottleneckKANConvNd(nn.Module):
+    """Bottleneck KAN convolution (Drokin, 2024, Sec. 3).
+
+    ``y = SiLU(norm(up(KANConv(down(x))) + conv(SiLU(x))))`` where ``down``/``up`` are 1x1
+    convolutions to and from ``inner = max(max(in, out) / groups / reduction, min_inner)``
+    channels per group, capped by the group width. The KAN convolution uses Gram
+    polynomials by default, as in the paper's KAGN layers.
+    """
+
+    ndim: int = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        basis: str | KANBasis = "gram",
+        reduction: float = 4.0,
+        min_inner: int = 16,
+        norm: str | None = "batch",
+        **basis_opts: Any,
+    ) -> None:
+        super().__init__()
+        n = self.ndim
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+            )
+        if norm is not None and norm not in _NORMS[n]:
+            raise ValueError(f"norm must be one of {sorted(_NORMS[n])} or None, got {norm!r}")
+        if reduction <= 0:
+            raise ValueError(f"reduction must be > 0, got {reduction}")
+        cin_g, cout_g = in_channels // groups, out_channels // groups
+        inner = int(max(cin_g, cout_g) / reduction)
+        if inner < min_inner:
+            inner = min(min_inner, cin_g, cout_g)
+        self.inner_channels = inner * groups
+        conv = _CONV_MODULES[n]
+        self.base_conv = conv(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False
+        )
+        self.down = conv(in_channels, self.inner_channels, 1, groups=groups, bias=False)
+        self.kan = _KAN_CONVS[n](
+            self.inner_channels,
+            self.inner_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            basis=basis,
+            base_act=None,
+            **basis_opts,
+        )
+        self.up = conv(self.inner_channels, out_channels, 1, groups=groups, bias=False)
+        self.norm = _NORMS[n][norm](out_channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.kan(self.down(x))) + self.base_conv(F.silu(x))
+        return F.silu(self.norm(y))
+
+
+class BottleneckKANConv1d(_BottleneckKANConvNd):
+    ndim = 1
+
+
+class BottleneckKANConv2d(_BottleneckKANConvNd):
+    ndim = 2
+
+
+class BottleneckKANConv3d(_BottleneckKANConvNd):
+    ndim = 3
+
+
+# ----- regularisation (KAN paper, Sec. 2.5.1) -------------------------------------------
+
+
+def kan_regularization(
+    model: nn.Module, l1: float = 1.0, entropy: float = 2.0, weight_l1: float = 0.0
+) -> torch.Tensor:
+    """KAN paper's sparsification penalty summed over KAN layers.
+
+    For each ``KANLinear`` with ``track_activations=True`` (after a forward pass), with
+    ``A[o, i]`` the mean |phi_oi| over the batch: ``l1 * sum(A) + entropy * H(A / sum(A))``.
+    ``weight_l1`` adds the mean absolute spline/base weight of every KAN layer (linear
+    and convolutional), the weight penalty studied in the design-principles paper.
+    """
+    total: torch.Tensor | None = None
+    for m in model.modules():
+        terms = []
+        if isinstance(m, KANLinear) and m.track_activations:
+            if m.edge_l1 is None:
+                raise RuntimeError("run a forward pass before kan_regularization")
+            a = m.edge_l1
+            s = a.sum()
+            p = a / (s + 1e-12)
+            terms.append(l1 * s - entropy * (p * torch.log(p + 1e-12)).sum())
+        if weight_l1 and isinstance(m, (KANLinear, _KANConvNd)):
+            terms.append(weight_l1 * m.full_weight().abs().mean())
+        for t in terms:
+            total = t if total is None else total + t
+    if total is None:
+        return torch.zeros(())
+    return total

@@ -1,0 +1,563 @@
+"""Basis functions for Kolmogorov-Arnold layers: one contract, many bases.
+
+A basis maps ``x`` of shape ``(..., in_features)`` to features of shape
+``(..., in_features, n_basis)``; a KAN layer then mixes them with one weight tensor
+``(out, in_features, n_basis)``, so every univariate edge function is
+``phi_oi(x_i) = sum_k W[o, i, k] * B_k(x_i)``. All bases are evaluated batched and
+vectorised over every input feature at once (a short loop over the polynomial degree or
+spline order is the only Python loop).
+
+Bases and the papers they come from:
+
+- ``bspline``: B-splines of order ``k`` on a per-feature grid, with grid update from
+  samples and grid extension (*KAN: Kolmogorov-Arnold Networks*, Liu et al., 2024).
+- ``rbf``: Gaussian radial basis functions on a uniform grid (FastKAN's approximation
+  of cubic B-splines).
+- ``chebyshev``, ``legendre``, ``gram``, ``hermite``, ``jacobi``: orthogonal polynomials
+  by their three-term recurrences on ``tanh(x)`` (ChebyKAN, KALN, KAGN and relatives
+  studied in *Kolmogorov-Arnold Convolutions: Design Principles and Empirical Studies*,
+  Drokin, 2024). ``gram`` is the monic discrete-Legendre (Gram) family on ``num_points``
+  equidistant points; as ``num_points`` grows it tends to monic Legendre.
+- ``mexican_hat``, ``morlet``: wavelet frames (Wav-KAN); each input feature carries
+  ``n_basis`` translated and dilated copies with learnable centres and scales.
+- ``rational``: the group-rational function ``P(x) / (1 + |Q(x)|)`` of
+  *Kolmogorov-Arnold Transformer* (Yang & Wang, 2024), one rational per group of input
+  features, with coefficients initialised to fit identity/GELU/SiLU (variance-preserving
+  initialisation: ``second_moment`` gives ``E[F(x)^2]`` for ``x ~ N(0, 1)``).
+- ``selectable``: *Activation Space Selectable KANs* (S-KAN): a learnable softmax
+  selection over several candidate bases for every input feature.
+
+Deviation: Wav-KAN gives every edge (input, output pair) its own translation and scale.
+Here centres and scales belong to the input feature and are shared by the outputs, so the
+wavelet basis fits the same contract (and the one-convolution KAN convolution); the
+per-edge mixing weights remain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "BASES",
+    "BSplineBasis",
+    "ChebyshevBasis",
+    "GramBasis",
+    "GroupRationalBasis",
+    "HermiteBasis",
+    "JacobiBasis",
+    "KANBasis",
+    "LegendreBasis",
+    "MexicanHatBasis",
+    "MorletBasis",
+    "RBFBasis",
+    "SelectableBasis",
+    "create_basis",
+    "register_basis",
+]
+
+
+class KANBasis(nn.Module):
+    """Base class: ``forward(x: (..., in)) -> (..., in, n_basis)``.
+
+    ``init_std`` is the standard deviation a KAN layer gives its mixing weights when
+    its ``in * n_basis`` features feed one output (the layer divides by ``sqrt(in)``).
+    """
+
+    in_features: int
+    n_basis: int
+    init_std: float = 0.1
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} was built for in_features={self.in_features}, "
+                f"got input with last dimension {x.shape[-1]} (shape {tuple(x.shape)})"
+            )
+
+
+BASES: dict[str, Callable[..., KANBasis]] = {}
+
+
+def register_basis(name: str) -> Callable[[type[KANBasis]], type[KANBasis]]:
+    def deco(cls: type[KANBasis]) -> type[KANBasis]:
+        if name in BASES:
+            raise ValueError(f"basis {name!r} is registered twice")
+        BASES[name] = cls
+        return cls
+
+    return deco
+
+
+def create_basis(name: str | KANBasis, in_features: int, **opts: Any) -> KANBasis:
+    """Build a basis by name (one of ``BASES``) for ``in_features`` inputs."""
+    if isinstance(name, KANBasis):
+        if name.in_features != in_features:
+            raise ValueError(
+                f"basis was built for {name.in_features} inputs, the layer has {in_features}"
+            )
+        return name
+    if name not in BASES:
+        raise ValueError(f"unknown KAN basis {name!r}; choose one of {sorted(BASES)}")
+    return BASES[name](in_features, **opts)
+
+
+def _check_positive(**values: int) -> None:
+    for key, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+
+
+# ----- B-splines (KAN) ------------------------------------------------------------------
+
+
+def bspline_features(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """B-spline basis values by the Cox-de Boor recursion.
+
+    ``x``: (..., in); ``grid``: (in, n_knots) extended knots, ascending per feature.
+    Returns (..., in, n_knots - 1 - order). Outside the grid every basis is zero.
+    """
+    xe = x.unsqueeze(-1)
+    # order 0: indicator of the half-open knot interval [t_j, t_{j+1})
+    b = ((xe >= grid[:, :-1]) & (xe < grid[:, 1:])).to(x.dtype)
+    for p in range(1, order + 1):
+        left_den = grid[:, p:-1] - grid[:, : -(p + 1)]
+        right_den = grid[:, p + 1 :] - grid[:, 1:-p]
+        left = (xe - grid[:, : -(p + 1)]) / left_den * b[..., :-1]
+        right = (grid[:, p + 1 :] - xe) / right_den * b[..., 1:]
+        b = left + right
+    return b
+
+
+@register_basis("bspline")
+class BSplineBasis(KANBasis):
+    """B-splines of order ``spline_order`` on ``grid_size`` intervals of ``grid_range``.
+
+    The grid is a per-feature buffer extended by ``spline_order`` knots on each side, so
+    ``n_basis = grid_size + spline_order``. ``update_grid`` moves the knots to sample
+    quantiles (mixed with a uniform grid by ``grid_eps``, as in the KAN paper) and
+    ``extend`` changes the number of intervals; a KAN layer refits its coefficients
+    around either so that the function it computes is kept.
+    """
+
+    init_std = 0.1
+
+    def __init__(
+        self,
+        in_features: int,
+        grid_size: int = 5,
+        spline_order: int = 3,
+        grid_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        _check_positive(in_features=in_features, grid_size=grid_size)
+        if spline_order < 0:
+            raise ValueError(f"spline_order must be >= 0, got {spline_order}")
+        lo, hi = float(grid_range[0]), float(grid_range[1])
+        if not hi > lo:
+            raise ValueError(f"grid_range must be (low, high) with low < high, got {grid_range}")
+        self.in_features = in_features
+        self.grid_size = grid_size
+        self.spline_order = spline_order
+        self.n_basis = grid_size + spline_order
+        self.register_buffer("grid", self._uniform_grid(lo, hi, grid_size), persistent=True)
+
+    def _uniform_grid(self, lo: float, hi: float, g: int) -> torch.Tensor:
+        h = (hi - lo) / g
+        k = self.spline_order
+        knots = torch.arange(-k, g + k + 1, dtype=torch.float32) * h + lo
+        return knots.expand(self.in_features, -1).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return bspline_features(x, self.grid.to(x.dtype), self.spline_order)
+
+    @torch.no_grad()
+    def grid_from_samples(self, x: torch.Tensor, grid_size: int, grid_eps: float) -> torch.Tensor:
+        """Knots for ``grid_size`` intervals: sample quantiles blended with a uniform grid."""
+        x = x.reshape(-1, self.in_features)
+        xs = torch.sort(x, dim=0).values
+        n = xs.shape[0]
+        idx = torch.linspace(0, n - 1, grid_size + 1, device=x.device).round().long()
+        adaptive = xs[idx].T  # (in, g + 1)
+        lo, hi = xs[0], xs[-1]
+        span = (hi - lo).clamp_min(1e-4)
+        step = span / grid_size
+        uniform = lo[:, None] + step[:, None] * torch.arange(grid_size + 1, device=x.device)
+        inner = grid_eps * uniform + (1.0 - grid_eps) * adaptive
+        k = self.spline_order
+        h = (inner[:, -1:] - inner[:, :1]) / grid_size
+        left = inner[:, :1] - h * torch.arange(k, 0, -1, device=x.device)
+        right = inner[:, -1:] + h * torch.arange(1, k + 1, device=x.device)
+        return torch.cat([left, inner, right], dim=1)
+
+    @torch.no_grad()
+    def set_grid(self, grid: torch.Tensor) -> None:
+        if grid.shape[0] != self.in_features or grid.shape[1] < 2 * self.spline_order + 2:
+            raise ValueError(f"grid of shape {tuple(grid.shape)} does not fit this basis")
+        self.grid = grid.to(self.grid)
+        self.grid_size = grid.shape[1] - 1 - 2 * self.spline_order
+        self.n_basis = self.grid_size + self.spline_order
+
+
+# ----- Gaussian RBF (FastKAN) -----------------------------------------------------------
+
+
+@register_basis("rbf")
+class RBFBasis(KANBasis):
+    """exp(-((x - c_k) / h)^2) with ``n_basis`` centres evenly spaced on ``grid_range``."""
+
+    init_std = 0.1
+
+    def __init__(
+        self,
+        in_features: int,
+        n_basis: int = 8,
+        grid_range: tuple[float, float] = (-2.0, 2.0),
+        width: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(in_features=in_features, n_basis=n_basis)
+        lo, hi = float(grid_range[0]), float(grid_range[1])
+        if not hi > lo:
+            raise ValueError(f"grid_range must be (low, high) with low < high, got {grid_range}")
+        self.in_features = in_features
+        self.n_basis = n_basis
+        self.register_buffer("centres", torch.linspace(lo, hi, n_basis), persistent=False)
+        self.inv_width = 1.0 / (width or (hi - lo) / max(n_basis - 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return torch.exp(-((x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width).square())
+
+
+# ----- orthogonal polynomials -----------------------------------------------------------
+
+
+class _PolynomialBasis(KANBasis):
+    """Degrees 0..``degree`` of a three-term recurrence on ``squash(x)``.
+
+    ``squash="tanh"`` maps inputs into (-1, 1) as ChebyKAN and KAGN do; ``None`` uses
+    ``x`` as it is (for inputs already in range, or for Hermite).
+    """
+
+    def __init__(self, in_features: int, degree: int = 3, squash: str | None = "tanh") -> None:
+        super().__init__()
+        _check_positive(in_features=in_features)
+        if not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree must be an integer >= 0, got {degree!r}")
+        if squash not in (None, "tanh"):
+            raise ValueError(f"squash must be 'tanh' or None, got {squash!r}")
+        self.in_features = in_features
+        self.degree = degree
+        self.n_basis = degree + 1
+        self.squash = squash
+        self.init_std = 1.0 / math.sqrt(degree + 1)
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        t = torch.tanh(x) if self.squash == "tanh" else x
+        return torch.stack(self.polys(t), dim=-1)
+
+
+@register_basis("chebyshev")
+class ChebyshevBasis(_PolynomialBasis):
+    """Chebyshev polynomials of the first kind: T_{n+1} = 2t T_n - T_{n-1} (ChebyKAN)."""
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.ones_like(t), t]
+        for _ in range(2, self.degree + 1):
+            out.append(2 * t * out[-1] - out[-2])
+        return out[: self.degree + 1]
+
+
+@register_basis("legendre")
+class LegendreBasis(_PolynomialBasis):
+    """Legendre polynomials: (n+1) P_{n+1} = (2n+1) t P_n - n P_{n-1} (KALN)."""
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.ones_like(t), t]
+        for n in range(1, self.degree):
+            out.append(((2 * n + 1) * t * out[-1] - n * out[-2]) / (n + 1))
+        return out[: self.degree + 1]
+
+
+@register_basis("gram")
+class GramBasis(_PolynomialBasis):
+    """Monic Gram (discrete Legendre) polynomials on ``num_points`` points in (-1, 1) (KAGN).
+
+    p_{n+1} = t p_n - beta_n p_{n-1} with beta_n = n^2 (1 - n^2/m^2) / (4 n^2 - 1). They
+    are orthogonal on the points t_j = (2j + 1 - m) / m. ``learn_beta`` lets every
+    recurrence coefficient be scaled by a learnable factor (KAGN's beta weights), and
+    ``post_act="silu"`` applies SiLU to the features, as KAGN convolutions do.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        degree: int = 3,
+        squash: str | None = "tanh",
+        num_points: int = 32,
+        learn_beta: bool = False,
+        post_act: str | None = None,
+    ) -> None:
+        super().__init__(in_features, degree, squash)
+        if num_points <= degree:
+            raise ValueError(f"num_points ({num_points}) must exceed degree ({degree})")
+        if post_act not in (None, "silu"):
+            raise ValueError(f"post_act must be 'silu' or None, got {post_act!r}")
+        m = float(num_points)
+        self.num_points = num_points
+        self.post_act = post_act
+        self.betas = [n * n * (1 - n * n / (m * m)) / (4 * n * n - 1) for n in range(degree + 1)]
+        self.beta_scale = nn.Parameter(torch.ones(max(degree, 1))) if learn_beta else None
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.ones_like(t), t]
+        for n in range(1, self.degree):
+            beta = self.betas[n] if self.beta_scale is None else self.betas[n] * self.beta_scale[n]
+            out.append(t * out[-1] - beta * out[-2])
+        return out[: self.degree + 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = super().forward(x)
+        return F.silu(feats) if self.post_act == "silu" else feats
+
+
+@register_basis("hermite")
+class HermiteBasis(_PolynomialBasis):
+    """Probabilists' Hermite polynomials: He_{n+1} = t He_n - n He_{n-1}."""
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.ones_like(t), t]
+        for n in range(1, self.degree):
+            out.append(t * out[-1] - n * out[-2])
+        return out[: self.degree + 1]
+
+
+@register_basis("jacobi")
+class JacobiBasis(_PolynomialBasis):
+    """Jacobi polynomials P^(alpha, beta)_n by their three-term recurrence (JacobiKAN)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        degree: int = 3,
+        squash: str | None = "tanh",
+        alpha: float = 1.0,
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, degree, squash)
+        if alpha <= -1 or beta <= -1:
+            raise ValueError(f"alpha and beta must be > -1, got {alpha}, {beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
+        a, b = self.alpha, self.beta
+        out = [torch.ones_like(t), 0.5 * ((a + b + 2) * t + (a - b))]
+        for n in range(2, self.degree + 1):
+            c = 2 * n + a + b
+            a1 = 2 * n * (n + a + b) * (c - 2)
+            a2 = (c - 1) * (a * a - b * b)
+            a3 = (c - 2) * (c - 1) * c
+            a4 = 2 * (n + a - 1) * (n + b - 1) * c
+            out.append(((a2 + a3 * t) * out[-1] - a4 * out[-2]) / a1)
+        return out[: self.degree + 1]
+
+
+# ----- wavelets (Wav-KAN) ---------------------------------------------------------------
+
+
+class _WaveletBasis(KANBasis):
+    """psi((x - c_k) / s_k) for ``n_basis`` learnable centres and scales per input feature."""
+
+    init_std = 0.5
+
+    def __init__(
+        self,
+        in_features: int,
+        n_basis: int = 8,
+        grid_range: tuple[float, float] = (-2.0, 2.0),
+        learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive(in_features=in_features, n_basis=n_basis)
+        lo, hi = float(grid_range[0]), float(grid_range[1])
+        if not hi > lo:
+            raise ValueError(f"grid_range must be (low, high) with low < high, got {grid_range}")
+        self.in_features = in_features
+        self.n_basis = n_basis
+        centres = torch.linspace(lo, hi, n_basis).expand(in_features, -1).clone()
+        scale = (hi - lo) / max(n_basis - 1, 1)
+        log_scale = torch.full((in_features, n_basis), math.log(scale))
+        self.centres = nn.Parameter(centres, requires_grad=learnable)
+        self.log_scale = nn.Parameter(log_scale, requires_grad=learnable)
+
+    @staticmethod
+    def psi(t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        t = (x.unsqueeze(-1) - self.centres) * torch.exp(-self.log_scale)
+        return self.psi(t)
+
+
+@register_basis("mexican_hat")
+class MexicanHatBasis(_WaveletBasis):
+    """Mexican hat (Ricker) wavelet: 2 / (sqrt(3) pi^(1/4)) (1 - t^2) exp(-t^2 / 2)."""
+
+    @staticmethod
+    def psi(t: torch.Tensor) -> torch.Tensor:
+        c = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
+        t2 = t.square()
+        return c * (1 - t2) * torch.exp(-0.5 * t2)
+
+
+@register_basis("morlet")
+class MorletBasis(_WaveletBasis):
+    """Real Morlet wavelet: cos(omega0 t) exp(-t^2 / 2), omega0 = 5."""
+
+    omega0 = 5.0
+
+    @staticmethod
+    def psi(t: torch.Tensor) -> torch.Tensor:
+        return torch.cos(MorletBasis.omega0 * t) * torch.exp(-0.5 * t.square())
+
+
+# ----- group-rational (KAT) -------------------------------------------------------------
+
+# Coefficients of P (degree 5, a0..a5) and Q (degree 4 without constant, b1..b4) fitted by
+# least squares on [-3, 3] so that P / (1 + |Q|) starts as the named function, and the
+# second moment E[F(x)^2] for x ~ N(0, 1) of each fit (computed by Gauss-Hermite quadrature).
+RATIONAL_INITS: dict[str, tuple[tuple[float, ...], tuple[float, ...], float]] = {
+    "identity": ((0.0, 1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0), 1.0),
+    "gelu": (
+        (-0.000533, 0.5, 0.403193, 0.075687, -0.011717, -0.003533),
+        (2e-06, 0.151373, -2e-06, -0.007065),
+        0.425417,
+    ),
+    "silu": (
+        (0.0, 0.5, 0.249997, 0.053251, 0.005796, 0.000274),
+        (0.0, 0.106501, 0.0, 0.000549),
+        0.355775,
+    ),
+}
+
+
+@register_basis("rational")
+class GroupRationalBasis(KANBasis):
+    """KAT's group-rational function F_g(x) = P_g(x) / (1 + |Q_g(x)|), one per group.
+
+    The ``in_features`` inputs are split into ``num_groups`` contiguous groups that share
+    one rational (m = 5, n = 4). ``n_basis`` is 1: the layer that follows is a plain
+    linear map of F(x), which is exactly KAT's GR-KAN. ``init`` names the function the
+    rational starts as; ``second_moment`` is E[F(x)^2] at x ~ N(0, 1), which a layer uses
+    for the variance-preserving initialisation Var[W] = 1 / (fan_in * E[F(x)^2]).
+    """
+
+    n_basis = 1
+
+    def __init__(self, in_features: int, num_groups: int = 8, init: str = "gelu") -> None:
+        super().__init__()
+        _check_positive(in_features=in_features, num_groups=num_groups)
+        if in_features % num_groups:
+            raise ValueError(
+                f"in_features ({in_features}) must be divisible by num_groups ({num_groups})"
+            )
+        if init not in RATIONAL_INITS:
+            raise ValueError(
+                f"unknown rational init {init!r}; choose one of {sorted(RATIONAL_INITS)}"
+            )
+        self.in_features = in_features
+        self.num_groups = num_groups
+        self.init = init
+        a, b, m2 = RATIONAL_INITS[init]
+        self.numerator = nn.Parameter(torch.tensor(a).repeat(num_groups, 1))
+        self.denominator = nn.Parameter(torch.tensor(b).repeat(num_groups, 1))
+        self.second_moment = m2
+        self.init_std = 1.0 / math.sqrt(m2)
+
+    def rational(self, x: torch.Tensor) -> torch.Tensor:
+        """F applied elementwise: (..., in) -> (..., in)."""
+        self._check(x)
+        shape = x.shape
+        xg = x.reshape(*shape[:-1], self.num_groups, self.in_features // self.num_groups)
+        a = self.numerator.to(x.dtype)
+        b = self.denominator.to(x.dtype)
+        # Horner's rule, coefficients broadcast over the features of each group
+        p = a[:, 5:6]
+        for i in range(4, -1, -1):
+            p = p * xg + a[:, i : i + 1]
+        q = b[:, 3:4]
+        for j in range(2, -1, -1):
+            q = q * xg + b[:, j : j + 1]
+        q = q * xg
+        return (p / (1 + q.abs())).reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rational(x).unsqueeze(-1)
+
+
+# ----- selectable activation space (S-KAN) ----------------------------------------------
+
+
+@register_basis("selectable")
+class SelectableBasis(KANBasis):
+    """S-KAN: every input feature selects among candidate bases with learnable softmax weights.
+
+    Features are the candidates' features concatenated along the basis axis, each block
+    scaled by its selection weight: ``n_basis = sum of the candidates' n_basis``.
+    ``candidates`` lists basis names or ``(name, options)`` pairs; ``selected()`` gives the
+    index of the candidate each input feature weighs most.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        candidates: Sequence[str | tuple[str, dict[str, Any]]] = (
+            "bspline",
+            "chebyshev",
+            "rbf",
+            "mexican_hat",
+        ),
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check_positive(in_features=in_features)
+        if len(candidates) < 2:
+            raise ValueError("a selectable basis needs at least two candidate bases")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        bases = []
+        for c in candidates:
+            name, opts = (c, {}) if isinstance(c, str) else c
+            if name == "selectable":
+                raise ValueError("a selectable basis cannot contain another selectable basis")
+            bases.append(create_basis(name, in_features, **opts))
+        self.in_features = in_features
+        self.candidates = nn.ModuleList(bases)
+        self.n_basis = sum(b.n_basis for b in bases)
+        self.temperature = float(temperature)
+        self.logits = nn.Parameter(torch.zeros(in_features, len(bases)))
+        self.init_std = max(b.init_std for b in bases) * math.sqrt(len(bases))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits / self.temperature, dim=-1)
+
+    def selected(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        w = self.weights().to(x.dtype)
+        feats = [b(x) * w[:, j : j + 1] for j, b in enumerate(self.candidates)]
+        return torch.cat(feats, dim=-1)
