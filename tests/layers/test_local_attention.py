@@ -12,6 +12,7 @@ from archbench.layers import reference_attention
 from archbench.layers.local_attention import (
     AggregatedAttention,
     CosineCpbAttention,
+    HaloAttention,
     continuous_position_index,
     pooled_axis_positions,
 )
@@ -124,3 +125,54 @@ def test_aggregated_attention_learnable_tokens_add_unnormalized_local_weights():
 def test_aggregated_attention_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         AggregatedAttention(8, 2, **bad)
+
+
+# ----- HaloNet --------------------------------------------------------------------
+def _halo_reference(attn: HaloAttention, x: torch.Tensor) -> torch.Tensor:
+    """Global attention with relative logits computed position by position."""
+    b, _, h, w = x.shape
+    heads, d = attn.num_heads, attn.head_dim
+    q = attn.q(x).reshape(b, heads, d, h * w).transpose(-2, -1)
+    k, v = attn.kv(x).split([attn.qk_dim, attn.dim_out], dim=1)
+    k = k.reshape(b, heads, d, h * w).transpose(-2, -1)
+    v = v.reshape(b, heads, attn.dim_out // heads, h * w).transpose(-2, -1)
+    offset = attn.block_size - 1 + attn.halo_size
+    bias = torch.zeros(b, heads, h * w, h * w)
+    for i in range(h * w):
+        qy, qx = divmod(i, w)
+        for j in range(h * w):
+            ky, kx = divmod(j, w)
+            r = attn.rel_height[ky - qy + offset] + attn.rel_width[kx - qx + offset]
+            bias[:, :, i, j] = q[:, :, i] @ r
+    out = reference_attention(q, k, v, bias)
+    return out.transpose(-2, -1).reshape(b, attn.dim_out, h, w)
+
+
+def test_halo_block_covering_the_image_is_global_attention():
+    torch.manual_seed(0)
+    attn = HaloAttention(16, 24, num_heads=2, block_size=6, halo_size=0).eval()
+    x = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(attn(x), _halo_reference(attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_halo_attention_sees_exactly_block_plus_halo():
+    """A perturbation outside a block's halo leaves that block's output unchanged."""
+    torch.manual_seed(0)
+    attn = HaloAttention(8, num_heads=2, block_size=2, halo_size=1).eval()
+    x = torch.randn(1, 8, 8, 8)
+    y = x.clone()
+    y[..., 5, 5] += 10.0  # block (0, 0) covers rows/cols 0-1, its halo reaches 2
+    out_x, out_y = attn(x), attn(y)
+    torch.testing.assert_close(out_x[..., :2, :2], out_y[..., :2, :2])
+    assert not torch.allclose(out_x[..., 4:6, 4:6], out_y[..., 4:6, 4:6])
+    z = x.clone()
+    z[..., 2, 2] += 10.0  # inside the halo of block (0, 0)
+    assert not torch.allclose(attn(z)[..., :2, :2], out_x[..., :2, :2])
+
+
+def test_strided_halo_attention_halves_the_grid_and_pads_odd_sizes():
+    attn = HaloAttention(8, 16, num_heads=2, block_size=4, halo_size=1, stride=2)
+    assert attn(torch.randn(1, 8, 8, 8)).shape == (1, 16, 4, 4)
+    assert attn(torch.randn(1, 8, 10, 6)).shape == (1, 16, 5, 3)
+    with pytest.raises(ValueError, match="multiple of stride"):
+        HaloAttention(8, block_size=3, stride=2)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 __all__ = [
     "AggregatedAttention",
     "CosineCpbAttention",
+    "HaloAttention",
     "continuous_position_index",
     "pooled_axis_positions",
 ]
@@ -273,3 +274,109 @@ class AggregatedAttention(nn.Module):
         out_local = torch.einsum("bhnl,bhdln->bhnd", attn_local + token_weights, v_local)
         out = out_local + attn_pool @ v_pool
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+# ----------------------------------------------------------------------------------
+# HaloNet: blocked local self-attention with halos
+# ----------------------------------------------------------------------------------
+class HaloAttention(nn.Module):
+    """Blocked local self-attention with halos (Scaling Local Self-Attention, HaloNet).
+
+    The (padded) map is cut into non-overlapping ``block_size`` query blocks; each block
+    attends to its ``block_size + 2 * halo_size`` square neighbourhood (keys outside the
+    image are zero, as the paper's zero padding). Logits are q.k/sqrt(d) plus relative
+    position logits q.r_row + q.r_col (factorized, shared across heads, as in BoTNet /
+    HaloNet). ``stride=2`` subsamples the queries of every block (the paper's strided
+    self-attention for down-sampling); keys and values stay at full resolution.
+
+    Uses SDPA: per block it is softmax(QK^T/sqrt(d) + B)V with the content-dependent
+    relative logits B passed as ``attn_mask``. A block that covers the whole map with
+    ``halo_size=0`` is exactly global attention with a relative position bias.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        num_heads: int = 8,
+        block_size: int = 8,
+        halo_size: int = 3,
+        stride: int = 1,
+        qk_dim: int | None = None,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        dim_out = dim_out or dim
+        qk_dim = qk_dim or dim
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if block_size < 1 or block_size % stride:
+            raise ValueError(
+                f"block_size {block_size} must be a positive multiple of stride {stride}"
+            )
+        if halo_size < 0:
+            raise ValueError(f"halo_size must be >= 0, got {halo_size}")
+        if qk_dim % num_heads or dim_out % num_heads:
+            raise ValueError(
+                f"query/key width {qk_dim} and value width {dim_out} must divide by num_heads {num_heads}"
+            )
+        self.num_heads = num_heads
+        self.block_size = block_size
+        self.halo_size = halo_size
+        self.stride = stride
+        self.qk_dim, self.dim_out = qk_dim, dim_out
+        self.head_dim = qk_dim // num_heads
+        self.q = nn.Conv2d(dim, qk_dim, 1, bias=qkv_bias)
+        self.kv = nn.Conv2d(dim, qk_dim + dim_out, 1, bias=qkv_bias)
+        rel = 2 * block_size + 2 * halo_size - 1
+        self.rel_height = nn.Parameter(torch.randn(rel, self.head_dim) * self.head_dim**-0.5)
+        self.rel_width = nn.Parameter(torch.randn(rel, self.head_dim) * self.head_dim**-0.5)
+
+    def _rel_index(self, block: int, device: torch.device) -> torch.Tensor:
+        """(query positions, window positions) -> row of the relative table."""
+        win = block + 2 * self.halo_size
+        qpos = torch.arange(0, block, self.stride, device=device)
+        kpos = torch.arange(win, device=device) - self.halo_size
+        return kpos[None, :] - qpos[:, None] + self.block_size - 1 + self.halo_size
+
+    def relative_logits(self, q: torch.Tensor, block: int) -> torch.Tensor:
+        """q: (..., qb, qb, d) -> (..., qb*qb, win*win) relative position logits."""
+        idx = self._rel_index(block, q.device)
+        rh = self.rel_height[idx]  # (qb, win, d)
+        rw = self.rel_width[idx]
+        lh = torch.einsum("...xyd,xjd->...xyj", q, rh)
+        lw = torch.einsum("...xyd,ykd->...xyk", q, rw)
+        logits = lh.unsqueeze(-1) + lw.unsqueeze(-2)  # (..., qb, qb, win, win)
+        return logits.flatten(-4, -3).flatten(-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        block = min(self.block_size, -(-max(h, w) // self.stride) * self.stride)
+        ph, pw = -(-h // block) * block, -(-w // block) * block
+        if (ph, pw) != (h, w):
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+        nh, nw = ph // block, pw // block
+        qb, win, heads, d = (
+            block // self.stride,
+            block + 2 * self.halo_size,
+            self.num_heads,
+            self.head_dim,
+        )
+        dv = self.dim_out // heads
+
+        q = self.q(x[..., :: self.stride, :: self.stride])
+        q = q.reshape(b, heads, d, nh, qb, nw, qb).permute(0, 3, 5, 1, 4, 6, 2)
+        q = q.reshape(b * nh * nw, heads, qb, qb, d)
+        bias = self.relative_logits(q, block)
+        q = q.flatten(2, 3)
+
+        kv = F.unfold(self.kv(x), win, padding=self.halo_size, stride=block)  # (B, C*win^2, L)
+        kv = kv.reshape(b, self.qk_dim + self.dim_out, win * win, nh * nw).permute(0, 3, 1, 2)
+        k, v = kv.split([self.qk_dim, self.dim_out], dim=2)
+        k = k.reshape(b * nh * nw, heads, d, win * win).transpose(-2, -1)
+        v = v.reshape(b * nh * nw, heads, dv, win * win).transpose(-2, -1)
+
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = out.reshape(b, nh, nw, heads, qb, qb, dv).permute(0, 3, 6, 1, 4, 2, 5)
+        out = out.reshape(b, self.dim_out, nh * qb, nw * qb)
+        return out[..., : -(-h // self.stride), : -(-w // self.stride)]
