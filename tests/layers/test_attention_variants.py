@@ -8,6 +8,7 @@ import torch
 
 from archbench.layers import reference_attention
 from archbench.layers.attention_variants import (
+    ClassAttention,
     TokenProjectionAttention,
 )
 
@@ -37,3 +38,14 @@ def test_token_projection_attention_matches_written_out():
     wq, wk, wv = (lambda t, i=i: attn.qkv(t)[..., 16 * i : 16 * (i + 1)] for i in range(3))
     expected = wv(x) + _plain_mhsa(x, wq, wk, wv, attn.proj, 1, scale=27**-0.5)
     torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_class_attention_equals_first_row_of_full_attention():
+    torch.manual_seed(0)
+    ca = ClassAttention(32, num_heads=4).eval()
+    x = torch.randn(2, 9, 32)
+    wq = ca.q
+    wk = lambda t: ca.kv(t)[..., :32]  # noqa: E731
+    wv = lambda t: ca.kv(t)[..., 32:]  # noqa: E731
+    full = _plain_mhsa(x, wq, wk, wv, ca.proj, 4)
+    torch.testing.assert_close(ca(x), full[:, :1], atol=1e-5, rtol=1e-5)
