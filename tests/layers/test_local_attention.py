@@ -13,6 +13,7 @@ from archbench.layers.local_attention import (
     AggregatedAttention,
     CosineCpbAttention,
     HaloAttention,
+    SlicedGroupAttention,
     continuous_position_index,
     pooled_axis_positions,
 )
@@ -176,3 +177,39 @@ def test_strided_halo_attention_halves_the_grid_and_pads_odd_sizes():
     assert attn(torch.randn(1, 8, 10, 6)).shape == (1, 16, 5, 3)
     with pytest.raises(ValueError, match="multiple of stride"):
         HaloAttention(8, block_size=3, stride=2)
+
+
+# ----- SReT -----------------------------------------------------------------------
+def _plain_attention(attn: SlicedGroupAttention, x: torch.Tensor, bias=None) -> torch.Tensor:
+    b, n, c = x.shape
+    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(x).chunk(3, dim=-1))
+    out = reference_attention(q, k, v, bias)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def test_sliced_group_attention_with_one_group_is_plain_attention():
+    torch.manual_seed(0)
+    attn = SlicedGroupAttention(16, 4).eval()
+    x = torch.randn(2, 12, 16)
+    torch.testing.assert_close(attn(x, 1), _plain_attention(attn, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, 1, shuffle=True), attn(x, 1))
+
+
+def test_sliced_groups_are_block_diagonal_attention():
+    torch.manual_seed(0)
+    attn = SlicedGroupAttention(16, 4).eval()
+    x = torch.randn(2, 12, 16)
+    group = torch.arange(12) // 4
+    mask = torch.where(group[:, None] == group[None, :], 0.0, float("-inf"))
+    torch.testing.assert_close(attn(x, 3), _plain_attention(attn, x, mask), atol=1e-5, rtol=1e-5)
+    # eval-mode shuffle: slices are the strided interleave i mod 3
+    inter = torch.arange(12) % 3
+    mask = torch.where(inter[:, None] == inter[None, :], 0.0, float("-inf"))
+    torch.testing.assert_close(
+        attn(x, 3, shuffle=True), _plain_attention(attn, x, mask), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_sliced_group_attention_rejects_groups_that_do_not_divide():
+    with pytest.raises(ValueError, match="divide"):
+        SlicedGroupAttention(8, 2)(torch.randn(1, 10, 8), 3)

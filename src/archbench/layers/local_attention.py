@@ -26,6 +26,7 @@ __all__ = [
     "AggregatedAttention",
     "CosineCpbAttention",
     "HaloAttention",
+    "SlicedGroupAttention",
     "continuous_position_index",
     "pooled_axis_positions",
 ]
@@ -380,3 +381,63 @@ class HaloAttention(nn.Module):
         out = out.reshape(b, nh, nw, heads, qb, qb, dv).permute(0, 3, 6, 1, 4, 2, 5)
         out = out.reshape(b, self.dim_out, nh * qb, nw * qb)
         return out[..., : -(-h // self.stride), : -(-w // self.stride)]
+
+
+# ----------------------------------------------------------------------------------
+# SReT: sliced group self-attention
+# ----------------------------------------------------------------------------------
+class SlicedGroupAttention(nn.Module):
+    """Multi-head self-attention inside ``num_groups`` slices of the token sequence (SReT).
+
+    The N tokens are cut into ``num_groups`` contiguous slices of N / num_groups tokens
+    and each slice attends only to itself, which divides the attention cost by the
+    number of groups; the weights are the same whatever the grouping, so a recursive
+    (weight-shared) block can run with different groupings at different depths. With
+    ``shuffle=True`` the tokens are permuted before slicing and restored afterwards so
+    that recursive passes mix tokens across slices: a fresh random permutation while
+    training (as in SReT) and, in eval mode, a fixed strided interleave (token i goes to
+    slice i mod G) so that inference is deterministic. One group is plain attention.
+
+    Uses SDPA on the (B * groups, heads, N / groups, d) slices.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _permutation(self, n: int, groups: int, device: torch.device) -> torch.Tensor:
+        if self.training:
+            return torch.randperm(n, device=device)
+        return torch.arange(n, device=device).view(n // groups, groups).t().reshape(-1)
+
+    def forward(self, x: torch.Tensor, num_groups: int = 1, shuffle: bool = False) -> torch.Tensor:
+        b, n, c = x.shape
+        if num_groups < 1 or n % num_groups:
+            raise ValueError(f"num_groups must be >= 1 and divide the {n} tokens, got {num_groups}")
+        order = None
+        if shuffle and num_groups > 1:
+            order = self._permutation(n, num_groups, x.device)
+            x = x[:, order]
+        g, m = num_groups, n // num_groups
+        qkv = self.qkv(x).reshape(b * g, m, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0
+        )
+        out = out.transpose(1, 2).reshape(b, n, c)
+        if order is not None:
+            out = out[:, torch.argsort(order)]
+        return self.proj_drop(self.proj(out))
