@@ -9,6 +9,7 @@ import torch
 from archbench.layers import reference_attention
 from archbench.layers.attention_variants import (
     ClassAttention,
+    ConvProjectionAttention,
     TokenProjectionAttention,
 )
 
@@ -49,3 +50,30 @@ def test_class_attention_equals_first_row_of_full_attention():
     wv = lambda t: ca.kv(t)[..., 32:]  # noqa: E731
     full = _plain_mhsa(x, wq, wk, wv, ca.proj, 4)
     torch.testing.assert_close(ca(x), full[:, :1], atol=1e-5, rtol=1e-5)
+
+
+def test_conv_projection_with_identity_conv_is_linear_attention():
+    """CvT's projection with the depthwise conv set to identity (and no squeeze) is MHSA."""
+    torch.manual_seed(0)
+    attn = ConvProjectionAttention(16, 16, num_heads=2, kv_stride=1).eval()
+    with torch.no_grad():
+        for conv in (attn.conv_q, attn.conv_k, attn.conv_v):
+            conv[0].weight.zero_()
+            conv[0].weight[:, 0, 1, 1] = 1.0  # centre tap: identity depthwise conv
+            conv[1].reset_running_stats()  # eval BN with mean 0, var 1: identity up to eps
+            conv[1].eps = 0.0
+    x = torch.randn(2, 1 + 12, 16)
+    # attention scaled by dim_out ** -0.5 as in the official CvT
+    expected = _plain_mhsa(x, attn.proj_q, attn.proj_k, attn.proj_v, attn.proj, 2, scale=16**-0.5)
+    torch.testing.assert_close(attn(x, (3, 4), num_prefix_tokens=1), expected, atol=1e-5, rtol=1e-5)
+    plain = ConvProjectionAttention(16, 16, num_heads=2, conv_proj=False).eval()
+    plain.load_state_dict({k: v for k, v in attn.state_dict().items() if not k.startswith("conv_")})
+    torch.testing.assert_close(plain(x, (3, 4), 1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_projection_squeezes_keys():
+    attn = ConvProjectionAttention(8, 8, num_heads=2, kv_stride=2)
+    seen = {}
+    attn.proj_k.register_forward_hook(lambda m, i, o: seen.__setitem__("k", o.shape))
+    attn(torch.randn(1, 1 + 36, 8), (6, 6), 1)
+    assert seen["k"] == (1, 1 + 9, 8)
