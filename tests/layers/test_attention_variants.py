@@ -6,10 +6,11 @@ import math
 
 import torch
 
-from archbench.layers import reference_attention
+from archbench.layers import Attention, reference_attention
 from archbench.layers.attention_variants import (
     ClassAttention,
     ConvProjectionAttention,
+    SpatialReductionAttention,
     TokenProjectionAttention,
 )
 
@@ -77,3 +78,24 @@ def test_conv_projection_squeezes_keys():
     attn.proj_k.register_forward_hook(lambda m, i, o: seen.__setitem__("k", o.shape))
     attn(torch.randn(1, 1 + 36, 8), (6, 6), 1)
     assert seen["k"] == (1, 1 + 9, 8)
+
+
+def test_spatial_reduction_ratio_one_is_plain_mhsa():
+    torch.manual_seed(0)
+    sra = SpatialReductionAttention(24, num_heads=3, sr_ratio=1).eval()
+    mhsa = Attention(24, num_heads=3, qkv_bias=True).eval()
+    with torch.no_grad():
+        mhsa.qkv.weight.copy_(torch.cat([sra.q.weight, sra.kv.weight]))
+        mhsa.qkv.bias.copy_(torch.cat([sra.q.bias, sra.kv.bias]))
+        mhsa.proj.load_state_dict(sra.proj.state_dict())
+    x = torch.randn(2, 20, 24)
+    torch.testing.assert_close(sra(x, (4, 5)), mhsa(x), atol=1e-5, rtol=1e-5)
+
+
+def test_spatial_reduction_shrinks_keys_and_keeps_prefix():
+    sra = SpatialReductionAttention(16, num_heads=2, sr_ratio=2)
+    seen = {}
+    sra.kv.register_forward_hook(lambda m, i, o: seen.__setitem__("kv", o.shape))
+    out = sra(torch.randn(2, 1 + 64, 16), (8, 8), num_prefix_tokens=1)
+    assert out.shape == (2, 65, 16)
+    assert seen["kv"] == (2, 1 + 16, 32)
