@@ -31,10 +31,16 @@ class LayerNormNoBias(nn.LayerNorm):
 
 
 class GroupNorm1(nn.GroupNorm):
-    """GroupNorm with one group: normalizes over (C, H, W) per sample (PoolFormer)."""
+    """GroupNorm with one group: normalizes over (C, H, W) per sample (PoolFormer).
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__(1, num_channels, eps=eps, affine=affine)
+    ``bias=False`` keeps only the per-channel scale, as in the MetaFormer baselines'
+    IdentityFormer / RandFormer / PoolFormerV2 (``groupnorm1_nobias``).
+    """
+
+    def __init__(
+        self, num_channels: int, eps: float = 1e-5, affine: bool = True, bias: bool = True
+    ) -> None:
+        super().__init__(1, num_channels, eps=eps, affine=affine, bias=bias)
 
 
 def _group_norm32(num_channels: int) -> nn.GroupNorm:
@@ -51,6 +57,7 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "layernorm_nobias": LayerNormNoBias,
     "groupnorm": _group_norm32,
     "groupnorm1": GroupNorm1,
+    "groupnorm1_nobias": lambda c: GroupNorm1(c, eps=1e-6, bias=False),
     "identity": lambda c: nn.Identity(),
 }
 
