@@ -3,17 +3,24 @@
 *Deep Residual Learning for Image Recognition* (He et al., 2016); *Aggregated Residual
 Transformations* (ResNeXt, 2017); *Squeeze-and-Excitation Networks* (2018); *ECA-Net*
 (2020). Channel attention enters a block through ``attn_layer`` (any name registered
-with ``archbench.layers.register_attn``).
+with ``archbench.layers.register_attn``: se, eca, cbam, gc, triplet, ulsam, sk, pkcam,
+lkca, ...). Other plug-ins each take one argument: ``conv_layer`` for the blocks' k x k
+convolutions (conv, ws, condconv, arconv), ``norm_layer`` (batchnorm; bcn, batch-channel
+norm; ibn, IBN-a in the first norm of each block of stages 1-3), ``downsample`` (stride,
+or spd: space-to-depth then a non-strided convolution) and ``residual`` (plain, or LAuReL:
+laurel_rw, laurel_lr, laurel_rw_lr).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..layers import DropPath, create_attn, drop_path_rates
+from ..layers.conv_variants import LaurelResidual, create_block_norm, create_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -32,6 +39,56 @@ def _conv_bn(
     return nn.Sequential(*layers)
 
 
+def _block_conv(
+    cin: int, cout: int, k: int, stride: int, groups: int, conv_layer: str, spd: bool
+) -> nn.Module:
+    """A block's k x k convolution; with ``spd`` a stride-2 one becomes space-to-depth + conv."""
+    if stride == 2 and spd:
+        return nn.Sequential(
+            nn.PixelUnshuffle(2), create_conv(conv_layer, cin * 4, cout, k, 1, groups)
+        )
+    return create_conv(conv_layer, cin, cout, k, stride, groups)
+
+
+def _shortcut(cin: int, cout: int, stride: int, spd: bool) -> nn.Sequential:
+    if stride == 2 and spd:
+        return nn.Sequential(
+            nn.PixelUnshuffle(2), nn.Conv2d(cin * 4, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        )
+    return _conv_bn(cin, cout, 1, stride=stride, act=False)
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """Plug-in choices shared by every block of a network."""
+
+    attn_layer: str | None = None
+    conv_layer: str = "conv"
+    norm_layer: str = "batchnorm"
+    first_norm: str = "batchnorm"  # the norm after the block's first convolution (IBN-a)
+    spd: bool = False
+    residual: str = "plain"
+
+
+def _finish(block: nn.Module, out: int, opts: BlockOptions, drop_path: float) -> None:
+    block.attn = create_attn(opts.attn_layer, out)
+    block.attn_uses_input = getattr(block.attn, "uses_block_input", False)
+    block.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+    block.merge = (
+        LaurelResidual(out, opts.residual.removeprefix("laurel_"))
+        if opts.residual != "plain"
+        else None
+    )
+
+
+def _residual(
+    block: nn.Module, x_in: torch.Tensor, y: torch.Tensor, shortcut: torch.Tensor
+) -> torch.Tensor:
+    y = block.attn(y, x_in) if block.attn_uses_input else block.attn(y)
+    y = block.drop_path(y)
+    return block.merge(y, shortcut) if block.merge is not None else y + shortcut
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -43,30 +100,29 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
         cardinality: int = 1,
         base_width: int = 64,
-        attn_layer: str | None = None,
+        opts: BlockOptions = BlockOptions(),
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if cardinality != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only cardinality=1 and base_width=64")
-        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = _block_conv(cin, width, 3, stride, 1, opts.conv_layer, opts.spd)
+        self.bn1 = create_block_norm(opts.first_norm, width)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.attn = create_attn(attn_layer, width)
+        self.conv2 = _block_conv(width, width, 3, 1, 1, opts.conv_layer, opts.spd)
+        self.bn2 = create_block_norm(opts.norm_layer, width)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        _finish(self, width, opts, drop_path)
         self.act2 = nn.ReLU(inplace=True)
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn2.weight)
+        _zero_norm(self.bn2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.attn(self.bn2(self.conv2(x)))
-        return self.act2(self.drop_path(x) + shortcut)
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act2(_residual(self, x, y, shortcut))
 
 
 class Bottleneck(nn.Module):
@@ -80,37 +136,45 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         cardinality: int = 1,
         base_width: int = 64,
-        attn_layer: str | None = None,
+        opts: BlockOptions = BlockOptions(),
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         mid = int(width * (base_width / 64.0)) * cardinality
         out = width * self.expansion
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
+        ws = opts.conv_layer == "ws"
+        self.conv1 = create_conv("ws" if ws else "conv", cin, mid, 1)
+        self.bn1 = create_block_norm(opts.first_norm, mid)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=cardinality, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv2 = _block_conv(mid, mid, 3, stride, cardinality, opts.conv_layer, opts.spd)
+        self.bn2 = create_block_norm(opts.norm_layer, mid)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.attn = create_attn(attn_layer, out)
+        self.conv3 = create_conv("ws" if ws else "conv", mid, out, 1)
+        self.bn3 = create_block_norm(opts.norm_layer, out)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        _finish(self, out, opts, drop_path)
         self.act3 = nn.ReLU(inplace=True)
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn3.weight)
+        _zero_norm(self.bn3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
-        x = self.attn(self.bn3(self.conv3(x)))
-        return self.act3(self.drop_path(x) + shortcut)
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.act2(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.act3(_residual(self, x, y, shortcut))
+
+
+def _zero_norm(norm: nn.Module) -> None:
+    """Zero the last affine scale of a block's final norm so the block starts as identity."""
+    affine = norm.gn if hasattr(norm, "gn") else norm
+    if getattr(affine, "weight", None) is not None:
+        nn.init.zeros_(affine.weight)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+RESIDUALS = ("plain", "laurel_rw", "laurel_lr", "laurel_rw_lr")
 
 
 class ResNet(ImageClassifier):
@@ -130,6 +194,10 @@ class ResNet(ImageClassifier):
         cardinality: int = 1,
         base_width: int = 64,
         attn_layer: str | None = None,
+        conv_layer: str = "conv",
+        norm_layer: str = "batchnorm",
+        downsample: str = "stride",
+        residual: str = "plain",
         zero_init_last: bool = True,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -144,6 +212,13 @@ class ResNet(ImageClassifier):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+        if downsample not in ("stride", "spd"):
+            raise ValueError(f"unknown downsample {downsample!r}; choose 'stride' or 'spd'")
+        if residual not in RESIDUALS:
+            raise ValueError(f"unknown residual {residual!r}; choose one of {RESIDUALS}")
+        if norm_layer not in ("batchnorm", "bcn", "ibn"):
+            raise ValueError(f"unknown norm_layer {norm_layer!r}; choose batchnorm, bcn or ibn")
+        spd = downsample == "spd"
         block_cls = BLOCKS[block]
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -172,9 +247,21 @@ class ResNet(ImageClassifier):
                 s = stride if j == 0 else 1
                 down = None
                 if s != 1 or cin != cout:
-                    down = _conv_bn(cin, cout, 1, stride=s, act=False)
+                    down = _shortcut(cin, cout, s, spd)
+                # IBN-a: instance norm in the first norm of blocks in all but the last stage
+                ibn = norm_layer == "ibn" and i < len(layers) - 1
+                opts = BlockOptions(
+                    attn_layer=attn_layer,
+                    conv_layer=conv_layer,
+                    norm_layer="batchnorm" if norm_layer == "ibn" else norm_layer,
+                    first_norm="ibn"
+                    if ibn
+                    else ("batchnorm" if norm_layer == "ibn" else norm_layer),
+                    spd=spd,
+                    residual=residual,
+                )
                 blocks.append(
-                    block_cls(cin, width, s, down, cardinality, base_width, attn_layer, dprs[i][j])
+                    block_cls(cin, width, s, down, cardinality, base_width, opts, dprs[i][j])
                 )
                 cin = cout
             stages.append(nn.Sequential(*blocks))
@@ -191,7 +278,7 @@ class ResNet(ImageClassifier):
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta":
+            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta" and m.weight.numel() > 0:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_last:
             for m in self.modules():
