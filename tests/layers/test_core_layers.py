@@ -132,3 +132,34 @@ def test_random_mixer_is_frozen_and_row_stochastic():
     torch.testing.assert_close(mixer.matrix.sum(-1), torch.ones(9))
     x = torch.ones(1, 4, 3, 3)
     torch.testing.assert_close(mixer(x), x)
+
+
+def test_patch_embed_error_names_nearest_valid_sizes():
+    with pytest.raises(ValueError, match="nearest valid for 230: 224 or 240"):
+        PatchEmbed(img_size=230, patch_size=16)
+
+
+def test_groupnorm1_nobias_has_scale_only_and_normalises_over_chw():
+    norm = create_norm("groupnorm1_nobias", 6)
+    assert norm.bias is None and norm.weight.shape == (6,) and norm.eps == 1e-6
+    nn.init.normal_(norm.weight)
+    x = torch.randn(2, 6, 3, 3) * 4 + 1
+    mean = x.mean((1, 2, 3), keepdim=True)
+    var = x.var((1, 2, 3), keepdim=True, unbiased=False)
+    expected = (x - mean) / torch.sqrt(var + 1e-6) * norm.weight.view(1, -1, 1, 1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+    # the default GroupNorm1 keeps its bias
+    assert create_norm("groupnorm1", 6).bias is not None
+
+
+def test_metaformer_block_res_scale_scales_the_shortcut():
+    block = MetaFormerBlock(8, token_mixer="identity", res_scale_init=1.0).eval()
+    for p in block.mlp.parameters():
+        nn.init.zeros_(p)
+    # identity mixer: x + norm(x) in the first half, the zeroed MLP adds 0 in the second
+    nn.init.constant_(block.res_scale1.scale, 0.5)
+    nn.init.constant_(block.res_scale2.scale, 2.0)
+    x = torch.randn(1, 8, 3, 3)
+    with torch.no_grad():
+        expected = 2.0 * (0.5 * x + block.norm1(x))
+        torch.testing.assert_close(block(x), expected)

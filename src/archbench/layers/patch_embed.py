@@ -32,10 +32,14 @@ class PatchEmbed(nn.Module):
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         for s, p in zip(self.img_size, self.patch_size):
+            if p <= 0:
+                raise ValueError(f"patch_size must be positive, got {self.patch_size}")
             if s <= 0 or s % p:
+                lower = max(p, s // p * p)
                 raise ValueError(
                     f"img_size {self.img_size} cannot be tiled by patch_size {self.patch_size}: "
-                    f"each side must be a positive multiple of the patch side"
+                    f"each side must be a positive multiple of the patch side "
+                    f"(nearest valid for {s}: {lower} or {lower + p})"
                 )
         self.grid_size = (
             self.img_size[0] // self.patch_size[0],
