@@ -10,6 +10,7 @@ from archbench.layers import Attention, reference_attention
 from archbench.layers.attention_variants import (
     ClassAttention,
     ConvProjectionAttention,
+    CrossCovarianceAttention,
     SpatialReductionAttention,
     TokenProjectionAttention,
 )
@@ -99,3 +100,23 @@ def test_spatial_reduction_shrinks_keys_and_keeps_prefix():
     out = sra(torch.randn(2, 1 + 64, 16), (8, 8), num_prefix_tokens=1)
     assert out.shape == (2, 65, 16)
     assert seen["kv"] == (2, 1 + 16, 32)
+
+
+def test_cross_covariance_attention_matches_written_out_formula():
+    """XCA = softmax(tau * K_hat^T Q_hat) over channels, per head (XCiT eq. 2)."""
+    torch.manual_seed(0)
+    xca = CrossCovarianceAttention(16, num_heads=2).eval()
+    with torch.no_grad():
+        xca.temperature.copy_(torch.tensor([0.7, 1.9]).view(2, 1, 1))
+    x = torch.randn(2, 10, 16)
+    q, k, v = (_split(t, 2) for t in xca.qkv(x).chunk(3, -1))  # (B, h, N, d)
+    qn = torch.nn.functional.normalize(q, dim=-2)  # unit norm along tokens
+    kn = torch.nn.functional.normalize(k, dim=-2)
+    attn = (qn.transpose(-2, -1) @ kn * xca.temperature).softmax(-1)  # (B, h, d, d)
+    out = (attn @ v.transpose(-2, -1)).transpose(-2, -1)  # (B, h, N, d)
+    torch.testing.assert_close(xca(x), xca.proj(_merge(out)), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_covariance_attention_cost_is_linear_in_tokens():
+    xca = CrossCovarianceAttention(8, num_heads=2)
+    assert xca(torch.randn(1, 1000, 8)).shape == (1, 1000, 8)
