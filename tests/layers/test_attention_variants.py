@@ -11,6 +11,7 @@ from archbench.layers.attention_variants import (
     ClassAttention,
     ConvProjectionAttention,
     CrossCovarianceAttention,
+    GatedPositionalSelfAttention,
     SpatialReductionAttention,
     TokenProjectionAttention,
 )
@@ -120,3 +121,27 @@ def test_cross_covariance_attention_matches_written_out_formula():
 def test_cross_covariance_attention_cost_is_linear_in_tokens():
     xca = CrossCovarianceAttention(8, num_heads=2)
     assert xca(torch.randn(1, 1000, 8)).shape == (1, 1000, 8)
+
+
+def test_gpsa_gated_to_content_is_plain_attention():
+    torch.manual_seed(0)
+    gpsa = GatedPositionalSelfAttention(24, num_heads=4).eval()
+    mhsa = Attention(24, num_heads=4, qkv_bias=False).eval()
+    with torch.no_grad():
+        gpsa.v.weight.normal_()  # leave the identity init
+        gpsa.gating_param.fill_(-50.0)  # sigmoid -> 0: all weight on content
+        mhsa.qkv.weight.copy_(torch.cat([gpsa.qk.weight, gpsa.v.weight]))
+        mhsa.proj.load_state_dict(gpsa.proj.state_dict())
+    x = torch.randn(2, 16, 24)
+    torch.testing.assert_close(gpsa(x, (4, 4)), mhsa(x), atol=1e-5, rtol=1e-5)
+
+
+def test_gpsa_local_init_attends_to_distinct_neighbours():
+    gpsa = GatedPositionalSelfAttention(36, num_heads=9, locality_strength=10.0)
+    pos = gpsa.positional_attention((5, 5), torch.device("cpu"))[0]  # (h, N, N)
+    centre = 2 * 5 + 2
+    targets = {int(pos[h, centre].argmax()) for h in range(9)}
+    assert len(targets) == 9  # one neighbour per head: a 3x3 kernel
+    for t in targets:
+        assert abs(t // 5 - 2) <= 1 and abs(t % 5 - 2) <= 1
+    torch.testing.assert_close(gpsa.v.weight, torch.eye(36))
