@@ -132,3 +132,28 @@ def test_single_channel_build(name):
     model = create_model(name, num_classes=3, in_chans=1).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, size, size)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", CPU)
+def test_cam_target_spatial_positions_reach_the_logits(name):
+    """Explanations hook ``cam_target``: its spatial map must influence the prediction.
+
+    For class-token models the output of the last block only reaches the head through the
+    class token, so the target must sit before the last token mixing (e.g. the last block's
+    first norm); a grid-shaped map whose gradient is zero everywhere explains nothing.
+    """
+    size = _size(name)
+    model = create_model(name, num_classes=NUM_CLASSES).eval()
+    model.reset_classifier(NUM_CLASSES)  # a fresh head: some families zero-initialise theirs
+    store = {}
+    layer = model.get_submodule(model.cam_target)
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("out", out))
+    out = model(torch.randn(2, model.in_chans, size, size))
+    handle.remove()
+    act = store["out"][0] if isinstance(store["out"], (tuple, list)) else store["out"]
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), act)
+    grid = _map(model, grad)
+    assert grid.ndim == 4, f"cam_target output {tuple(act.shape)} does not map to B x C x H x W"
+    assert grid.abs().sum() > 0, (
+        f"{name}: the spatial positions of cam_target {model.cam_target!r} do not reach the logits"
+    )
