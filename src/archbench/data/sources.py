@@ -292,7 +292,7 @@ def load_cifar(spec: str, options: str, seed: int, variant: str = "cifar10") -> 
         )
     parts = [_read_batch(root / f) for f in train_files]
     x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    y = torch.tensor([label for p in parts for label in p])
+    y = torch.tensor([label for p in parts for label in p[1]])
     tx, ty = _read_batch(root / test_file)
     n_classes = 10 if variant == "cifar10" else 100
     names = [str(i) for i in range(n_classes)]

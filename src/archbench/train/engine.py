@@ -181,8 +181,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 104_729 + 17) % (2**63)
 
 
-def _name(cb: Any, i: int) -> str:
-    return f"cb{i}.{getattr(cb, 'name', type(cb).__name__)}"
+def _names(callbacks: Sequence[Any]) -> list[str]:
+    """Checkpoint key of each callback: its ``name`` (numbered when names repeat)."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        base = str(getattr(cb, "name", type(cb).__name__))
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return out
 
 
 def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
@@ -325,8 +332,8 @@ def _fit(
             )
         ck = load_checkpoint(last_path, model, optimizer)
         s.update(ck["meta"]["state"])
-        for i, cb in enumerate(callbacks):
-            prefix = _name(cb, i) + "/"
+        for cb, cb_name in zip(callbacks, _names(callbacks)):
+            prefix = f"cb/{cb_name}/"
             sd = {k[len(prefix) :]: v for k, v in ck["extra"].items() if k.startswith(prefix)}
             if sd and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(sd)
@@ -343,10 +350,10 @@ def _fit(
         extra = {"rng/torch": torch.get_rng_state()}
         if aug_gen is not None:
             extra["rng/aug"] = aug_gen.get_state()
-        for i, cb in enumerate(callbacks):
+        for cb, cb_name in zip(callbacks, _names(callbacks)):
             if hasattr(cb, "state_dict"):
                 for k, v in cb.state_dict().items():
-                    extra[f"{_name(cb, i)}/{k}"] = v
+                    extra[f"cb/{cb_name}/{k}"] = v
         meta = {
             "recipe": recipe.to_dict(),
             "data": {
@@ -413,7 +420,7 @@ def _fit(
             term_vals = {}
             for term in loss_terms:
                 v = term(logits, t, x, model)
-                term_vals[getattr(term, "name", type(term).__name__)] = float(v)
+                term_vals[getattr(term, "name", type(term).__name__)] = float(v.detach())
                 total = total + v
             bad = not math.isfinite(float(total.detach()))
             if not bad:
@@ -434,7 +441,7 @@ def _fit(
             optimizer.step()
             t2 = time.perf_counter()
             b = len(yb)
-            part["loss"] += float(loss) * b
+            part["loss"] += float(loss.detach()) * b
             part["correct"] += int((logits.detach().argmax(-1) == yb).sum())
             part["n"] += b
             part["data_time"] += t1 - t0
@@ -450,7 +457,7 @@ def _fit(
                 s["step"],
                 s["step_in_epoch"],
                 lr,
-                float(loss),
+                float(loss.detach()),
             )
             _call(callbacks, "on_step_end", state)
             if bar is not None:
