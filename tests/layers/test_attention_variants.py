@@ -12,8 +12,11 @@ from archbench.layers.attention_variants import (
     ConvProjectionAttention,
     CrossCovarianceAttention,
     GatedPositionalSelfAttention,
+    ManhattanDecayAttention,
     SpatialReductionAttention,
     TokenProjectionAttention,
+    manhattan_decay_bias,
+    retention_decay,
 )
 
 
@@ -145,3 +148,65 @@ def test_gpsa_local_init_attends_to_distinct_neighbours():
     for t in targets:
         assert abs(t // 5 - 2) <= 1 and abs(t % 5 - 2) <= 1
     torch.testing.assert_close(gpsa.v.weight, torch.eye(36))
+
+
+def _rmt_qkv(attn, x):
+    b, h, w, c = x.shape
+    nh = attn.num_heads
+    q, k, v = (f(x).reshape(b, h * w, c) for f in (attn.q, attn.k, attn.v))
+    return _split(q, nh), _split(k, nh), _split(v, nh)
+
+
+def _rmt_out(attn, out, v_grid):
+    b, h, w, c = v_grid.shape
+    lepe = attn.lepe(v_grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return attn.out_proj(out.reshape(b, h, w, c) + lepe)
+
+
+def test_manhattan_attention_with_zero_decay_is_plain_attention():
+    """gamma = 1 (log gamma = 0) removes the spatial prior: plain MHSA (+ RMT's LePE)."""
+    torch.manual_seed(0)
+    attn = ManhattanDecayAttention(16, num_heads=2, rotary=False).eval()
+    attn.decay_override = 0.0
+    x = torch.randn(2, 3, 5, 16)
+    q, k, v = _rmt_qkv(attn, x)
+    expected = _rmt_out(attn, _merge(reference_attention(q, k, v)), attn.v(x))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_manhattan_attention_applies_gamma_to_the_distance():
+    torch.manual_seed(0)
+    attn = ManhattanDecayAttention(16, num_heads=2, rotary=False).eval()
+    x = torch.randn(1, 3, 4, 16)
+    q, k, v = _rmt_qkv(attn, x)
+    gammas = torch.tensor(retention_decay(2)).exp()
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dist = (ys[:, None] - ys[None]).abs() + (xs[:, None] - xs[None]).abs()
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(8)).exp() * gammas.view(2, 1, 1) ** dist
+    out = (weights / weights.sum(-1, keepdim=True)) @ v
+    torch.testing.assert_close(
+        attn(x), _rmt_out(attn, _merge(out), attn.v(x)), atol=1e-5, rtol=1e-5
+    )
+    assert torch.allclose(manhattan_decay_bias(torch.zeros(2), (3, 4)), torch.zeros(2, 12, 12))
+
+
+def test_decomposed_manhattan_attention_rows_then_columns():
+    torch.manual_seed(0)
+    attn = ManhattanDecayAttention(8, num_heads=2, decomposed=True, rotary=False).eval()
+    x = torch.randn(1, 3, 4, 8)
+    h, w, nh, d = 3, 4, 2, 4
+    q, k, v = (f(x).view(1, h, w, nh, d).permute(0, 3, 1, 2, 4) for f in (attn.q, attn.k, attn.v))
+    lg = attn.log_gamma
+    out = torch.empty_like(v)
+    for r in range(h):  # along each row, 1-D decay |dx|
+        out[:, :, r] = reference_attention(
+            q[:, :, r], k[:, :, r], v[:, :, r], manhattan_decay_bias(lg, w)[None]
+        )
+    final = torch.empty_like(v)
+    for col in range(w):  # then along each column, 1-D decay |dy|
+        final[:, :, :, col] = reference_attention(
+            q[:, :, :, col], k[:, :, :, col], out[:, :, :, col], manhattan_decay_bias(lg, h)[None]
+        )
+    merged = final.permute(0, 2, 3, 1, 4).reshape(1, h * w, 8)
+    torch.testing.assert_close(attn(x), _rmt_out(attn, merged, attn.v(x)), atol=1e-5, rtol=1e-5)
