@@ -1,0 +1,273 @@
+"""Selective state-space scan (S6, *Mamba: Linear-Time Sequence Modeling with Selective
+State Spaces*) in plain PyTorch, and the Mamba mixer built on it.
+
+The recurrence, per channel ``d`` and state ``n``::
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t        y_t = <h_t, C_t> + D * u_t
+
+Two implementations compute it:
+
+- :func:`selective_scan_ref`: a sequential loop over time, the reference;
+- :func:`selective_scan`: chunked. Inside a chunk of ``T`` steps the state is
+  ``h_t = exp(S_t) * h_0 + exp(S_t - m) * sum_{s<=t} exp(m - S_s) x_s`` with ``S`` the
+  cumulative sum of log-decays (``cumsum``) and ``m`` half the chunk's total, so every
+  exponent stays within float32's range; chunks are then chained by a short loop over
+  ``L / T`` carries. Both agree to float
+  tolerance, gradients included (``tests/layers/test_ssm.py``).
+
+Per-step log-decays are clamped at ``-LOG_DECAY_FLOOR`` (= -10) in both forms: a step
+that keeps less than ``exp(-10)`` (4.5e-5) of the state keeps exactly that much. This
+bounds the exponents in a chunk; plain Mamba has no such floor (a documented deviation
+whose effect on the state is below 5e-5 of its size).
+
+Tensor layout follows the Mamba release: ``u, delta`` are (B, D, L); ``A`` is (D, N);
+``B, C`` are (B, N, L) (shared by all channels) or (B, D, N, L) (per channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LOG_DECAY_FLOOR",
+    "MambaMixer1d",
+    "selective_scan",
+    "selective_scan_ref",
+]
+
+LOG_DECAY_FLOOR = 10.0
+_CHUNK_LOG_RANGE = 160.0
+
+
+def _prepare(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate shapes; return (delta, B, C) with B and C as (B, D or 1, N, L)."""
+    if u.ndim != 3 or delta.shape != u.shape:
+        raise ValueError(
+            f"u and delta must both be (batch, channels, length); got {tuple(u.shape)} "
+            f"and {tuple(delta.shape)}"
+        )
+    b, d, length = u.shape
+    if A.ndim != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (channels={d}, d_state), got {tuple(A.shape)}")
+    n = A.shape[1]
+    out = []
+    for name, m in (("B", B), ("C", C)):
+        if m.ndim == 3 and m.shape == (b, n, length):
+            m = m.unsqueeze(1)
+        elif not (m.ndim == 4 and m.shape == (b, d, n, length)):
+            raise ValueError(
+                f"{name} must be (batch, d_state, length)={(b, n, length)} or "
+                f"(batch, channels, d_state, length)={(b, d, n, length)}, got {tuple(m.shape)}"
+            )
+        out.append(m)
+    if delta_bias is not None:
+        delta = delta + delta_bias.view(1, -1, 1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta, out[0], out[1]
+
+
+def _finish(
+    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
+) -> torch.Tensor:
+    if D is not None:
+        y = y + u * D.view(1, -1, 1)
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Sequential selective scan: one step of the recurrence per time step. Returns (B, D, L)."""
+    delta, Bm, Cm = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    dtype = u.dtype
+    uf, df = u.float(), delta.float()
+    log_decay = (df.unsqueeze(2) * A.float().view(1, A.shape[0], A.shape[1], 1)).clamp(
+        min=-LOG_DECAY_FLOOR
+    )  # (B, D, N, L)
+    decay = log_decay.exp()
+    drive = (df * uf).unsqueeze(2) * Bm.float()  # (B, D, N, L)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+    ys = []
+    # unbind once: indexing inside the loop would make the backward pass quadratic in L
+    for a_t, x_t, c_t in zip(decay.unbind(-1), drive.unbind(-1), Cm.float().unbind(-1)):
+        h = a_t * h + x_t
+        ys.append((h * c_t).sum(2))
+    y = torch.stack(ys, dim=-1)
+    return _finish(y, uf, D, z.float() if z is not None else None).to(dtype)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk_size: int = 16,
+) -> torch.Tensor:
+    """Chunked selective scan; same arguments and result as :func:`selective_scan_ref`.
+
+    Work is vectorised over each chunk of ``chunk_size`` steps (cumulative sums of
+    log-decays, float32) and the chunks are chained by ``ceil(L / chunk_size)`` carries.
+    """
+    if chunk_size < 1 or chunk_size * LOG_DECAY_FLOOR > _CHUNK_LOG_RANGE:
+        raise ValueError(
+            f"chunk_size must be in [1, {int(_CHUNK_LOG_RANGE // LOG_DECAY_FLOOR)}] so that "
+            f"float32 cumulative decays stay finite, got {chunk_size}"
+        )
+    delta, Bm, Cm = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    dtype = u.dtype
+    b, d, length = u.shape
+    n = A.shape[1]
+    t = min(chunk_size, length)
+    n_chunks = math.ceil(length / t)
+    pad = n_chunks * t - length
+    uf, df = u.float(), delta.float()
+    Bm, Cm = Bm.float(), Cm.float()
+    if pad:  # padded steps come after the real ones, so they cannot change real outputs
+        df_p, uf_p = F.pad(df, (0, pad)), F.pad(uf, (0, pad))
+        Bm, Cm = F.pad(Bm, (0, pad)), F.pad(Cm, (0, pad))
+    else:
+        df_p, uf_p = df, uf
+    # (B, D, N, chunks, T): cumulative log-decay S inside each chunk, re-centred on half the
+    # chunk's total so that both exp(S - mid) and exp(mid - S) stay inside float32's range
+    log_decay = (df_p.unsqueeze(2) * A.float().view(1, d, n, 1)).clamp(min=-LOG_DECAY_FLOOR)
+    cum = log_decay.view(b, d, n, n_chunks, t).cumsum(-1)
+    mid = 0.5 * cum[..., -1:]
+    grow = (cum - mid).exp()  # exp(S_t - m)
+    drive = ((df_p * uf_p).unsqueeze(2) * Bm).view(b, d, n, n_chunks, t)
+    # h_t = exp(S_t - m) * (exp(m) h_0 + P_t), P_t = sum_{s<=t} exp(m - S_s) x_s
+    # exp(m - S) rather than 1 / grow: the division's gradient (1 / grow**2) would overflow
+    partial = (drive * (mid - cum).exp()).cumsum(-1)
+    # chain the chunks: entry state of chunk k is the final state of chunk k-1
+    offset = mid.squeeze(-1).exp()  # exp(m) per chunk
+    h = partial.new_zeros(b, d, n)
+    carried = []
+    for p_end, g_end, off in zip(
+        partial[..., -1].unbind(-1), grow[..., -1].unbind(-1), offset.unbind(-1)
+    ):
+        carried.append(off * h)
+        h = g_end * (off * h + p_end)
+    entry = torch.stack(carried, dim=-1).unsqueeze(-1)  # (B, D, N, chunks, 1)
+    states = ((partial + entry) * grow).view(b, d, n, n_chunks * t)
+    y = (states * Cm).sum(2)[..., :length]
+    return _finish(y, uf, D, z.float() if z is not None else None).to(dtype)
+
+
+class MambaMixer1d(nn.Module):
+    """The Mamba (S6) sequence mixer on (B, L, C) tokens.
+
+    in_proj to ``x`` and gate ``z`` -> causal depthwise conv1d on ``x`` -> SiLU ->
+    ``x_proj`` to (dt, B, C) -> ``dt_proj`` -> selective scan -> ``* silu(z)`` -> out_proj.
+    ``bidirectional=True`` runs a second scan on the reversed sequence with its own
+    parameters and sums the two (Vision Mamba style); ``use_ref`` picks the sequential scan.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2.0,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        conv_bias: bool = True,
+        bias: bool = False,
+        chunk_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if d_state < 1 or d_conv < 1 or expand <= 0:
+            raise ValueError(
+                f"need d_state >= 1, d_conv >= 1, expand > 0; got {d_state}, {d_conv}, {expand}"
+            )
+        self.d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
+        self.chunk_size = chunk_size
+        self.use_ref = False
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            d_conv,
+            padding=d_conv - 1,
+            groups=self.d_inner,
+            bias=conv_bias,
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
+        )
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
+        self._init_dt(dt_min, dt_max)
+
+    def _init_dt(self, dt_min: float, dt_max: float) -> None:
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        with torch.no_grad():
+            dt = torch.exp(
+                torch.rand(self.d_inner, device=self.dt_proj.bias.device)
+                * (math.log(dt_max) - math.log(dt_min))
+                + math.log(dt_min)
+            ).clamp(min=1e-4)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def ssm(self, x: torch.Tensor, extra_b: torch.Tensor | None = None) -> torch.Tensor:
+        """Selective scan of (B, D, L) activations; ``extra_b`` (B or 1, N, L) is added to B."""
+        proj = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, Bm, Cm = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)
+        if extra_b is not None:
+            Bm = Bm + extra_b
+        A = -torch.exp(self.A_log.float())
+        scan = selective_scan_ref if self.use_ref else selective_scan
+        kwargs = {} if self.use_ref else {"chunk_size": self.chunk_size}
+        return scan(
+            x,
+            dt,
+            A,
+            Bm.contiguous(),
+            Cm.contiguous(),
+            self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            **kwargs,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        xz = self.in_proj(x).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :length])
+        y = self.ssm(x) * F.silu(z)
+        return self.out_proj(y.transpose(1, 2))
