@@ -114,7 +114,8 @@ class ParallelViT(ImageClassifier):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
         self.feature_info = [FeatureInfo(embed_dim, patch_size, "blocks")]
-        self.cam_target = "blocks"
+        # the last block's first attention norm: its positions still mix into the class token
+        self.cam_target = f"blocks.{depth - 1}.attn_norms.0"
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
