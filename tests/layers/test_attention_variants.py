@@ -13,9 +13,11 @@ from archbench.layers.attention_variants import (
     CrossCovarianceAttention,
     GatedPositionalSelfAttention,
     ManhattanDecayAttention,
+    RelativePositionBiasAttention,
     SpatialReductionAttention,
     TokenProjectionAttention,
     manhattan_decay_bias,
+    relative_position_bias,
     retention_decay,
 )
 
@@ -210,3 +212,30 @@ def test_decomposed_manhattan_attention_rows_then_columns():
         )
     merged = final.permute(0, 2, 3, 1, 4).reshape(1, h * w, 8)
     torch.testing.assert_close(attn(x), _rmt_out(attn, merged, attn.v(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_relative_position_attention_with_zero_table_is_plain_attention():
+    torch.manual_seed(0)
+    attn = RelativePositionBiasAttention(32, head_dim=16, table_size=3).eval()
+    x = torch.randn(2, 3, 3, 32)
+    t = x.reshape(2, 9, 32)
+    with torch.no_grad():
+        attn.rel_table.zero_()
+    expected = _plain_mhsa(t, attn.q, attn.k, attn.v, attn.proj, 2).reshape(2, 3, 3, 32)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        attn.rel_table.normal_()
+    bias = relative_position_bias(attn.rel_table, (3, 3))
+    q, k, v = (_split(f(t), 2) for f in (attn.q, attn.k, attn.v))
+    expected = attn.proj(_merge(reference_attention(q, k, v, bias[None]))).reshape(2, 3, 3, 32)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_relative_position_bias_lookup():
+    table = torch.arange(2 * 5 * 7, dtype=torch.float32).view(2, 5, 7)  # grid 3 x 4
+    bias = relative_position_bias(table, (3, 4))
+    # query (0, 0) -> key (2, 3): offset (+2, +3) -> table[:, 2 + 2, 3 + 3]
+    assert torch.equal(bias[:, 0, 2 * 4 + 3], table[:, 4, 6])
+    # key (0, 0) from query (1, 2): offset (-1, -2) -> table[:, 1, 1]
+    assert torch.equal(bias[:, 1 * 4 + 2, 0], table[:, 1, 1])
+    assert relative_position_bias(torch.zeros(2, 13, 13), (4, 4)).shape == (2, 16, 16)

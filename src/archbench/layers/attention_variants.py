@@ -22,9 +22,11 @@ __all__ = [
     "CrossCovarianceAttention",
     "GatedPositionalSelfAttention",
     "ManhattanDecayAttention",
+    "RelativePositionBiasAttention",
     "SpatialReductionAttention",
     "TokenProjectionAttention",
     "manhattan_decay_bias",
+    "relative_position_bias",
     "retention_decay",
 ]
 
@@ -484,3 +486,61 @@ class ConvolutionalAdditiveAttention(nn.Module):
             k, self.spatial_k, self.channel_k
         )
         return self.proj(self.dwc(ctx) * v)
+
+
+def relative_position_bias(table: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Look up a (h, 2P-1, 2Q-1) relative-position table as an (h, HW, HW) attention bias.
+
+    The table is bilinearly resized to (2H-1, 2W-1) first when the grid differs from the
+    size it was made for (CoAtNet; MOAT). bias[n, i, j] = table[n, dy + H-1, dx + W-1] with
+    (dy, dx) = position j minus position i.
+    """
+    h, w = hw
+    if table.shape[-2:] != (2 * h - 1, 2 * w - 1):
+        table = F.interpolate(
+            table[None], size=(2 * h - 1, 2 * w - 1), mode="bilinear", align_corners=False
+        )[0]
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=table.device), torch.arange(w, device=table.device), indexing="ij"
+    )
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[None, :] - ys[:, None] + h - 1
+    dx = xs[None, :] - xs[:, None] + w - 1
+    return table[:, dy, dx]
+
+
+class RelativePositionBiasAttention(nn.Module):
+    """Multi-head self-attention with a learnt 2-D relative position bias (CoAtNet; MOAT).
+
+    Heads of width ``head_dim``; q, k, v and output projections with bias; a per-head table
+    of (2P-1) x (2P-1) relative offsets for a ``table_size`` = P grid, resized for other
+    grids. softmax(q k^T / sqrt(d) + B) v, so it uses SDPA with ``attn_mask`` = B. Input and
+    output are NHWC.
+    """
+
+    def __init__(self, dim: int, head_dim: int = 32, table_size: int | None = 7) -> None:
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"dim {dim} must be a multiple of head_dim {head_dim}")
+        self.num_heads = dim // head_dim
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_table = (
+            nn.Parameter(torch.zeros(self.num_heads, 2 * table_size - 1, 2 * table_size - 1))
+            if table_size
+            else None
+        )
+        if self.rel_table is not None:
+            nn.init.trunc_normal_(self.rel_table, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        t = x.reshape(b, h * w, c)
+        q, k, v = (_heads(f(t), self.num_heads) for f in (self.q, self.k, self.v))
+        bias = None
+        if self.rel_table is not None:
+            bias = relative_position_bias(self.rel_table, (h, w)).to(x.dtype)[None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(_merge(out)).reshape(b, h, w, c)
