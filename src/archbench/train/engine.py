@@ -376,7 +376,7 @@ def _fit(
     error = None
     stop_reason = None
     lr = recipe.lr_at(s["step"], spe)
-    if max_seconds is not None and elapsed() >= max_seconds and s["epoch"] < recipe.epochs:
+    if max_seconds is not None and time_before >= max_seconds and s["epoch"] < recipe.epochs:
         s["status"] = "stopped_time"  # the budget was spent by earlier calls
     while s["epoch"] < recipe.epochs and s["status"] == "running":
         epoch = s["epoch"]
@@ -431,7 +431,7 @@ def _fit(
                     bad = not math.isfinite(float(norm))
             if bad:
                 error = (
-                    f"loss became {float(total)} at epoch {epoch + 1}, step {s['step_in_epoch'] + 1} "
+                    f"loss became {float(total.detach())} at epoch {epoch + 1}, step {s['step_in_epoch'] + 1} "
                     f"(lr={lr:.3g}); weights were not updated. Kept the last good checkpoint"
                     + (f" {last_path}" if last_path.is_file() else " (none was written yet)")
                     + "; lower the learning rate, enable grad_clip, or use precision fp32"
