@@ -173,7 +173,9 @@ class VisionTransformer(ImageClassifier):
         self.feature_info = [
             FeatureInfo(embed_dim, patch_size, f"blocks.{i}") for i in range(depth)
         ]
-        self.cam_target = f"blocks.{depth - 1}"
+        # the last block's output reaches the head only through the class token, so
+        # explanations hook the input of its token mixing instead
+        self.cam_target = f"blocks.{depth - 1}.norm1"
         self._init_weights()
 
     _distilled = False
