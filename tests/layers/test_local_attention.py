@@ -14,6 +14,7 @@ from archbench.layers.local_attention import (
     CosineCpbAttention,
     HaloAttention,
     SlicedGroupAttention,
+    WindowAttention,
     continuous_position_index,
     pooled_axis_positions,
 )
@@ -213,3 +214,25 @@ def test_sliced_groups_are_block_diagonal_attention():
 def test_sliced_group_attention_rejects_groups_that_do_not_divide():
     with pytest.raises(ValueError, match="divide"):
         SlicedGroupAttention(8, 2)(torch.randn(1, 10, 8), 3)
+
+
+# ----- window attention -----------------------------------------------------------
+def test_window_covering_the_map_is_global_attention():
+    torch.manual_seed(0)
+    attn = WindowAttention(16, 2, window_size=8).eval()
+    x = torch.randn(2, 24, 16)
+    q, k, v = (_heads(t, 2) for t in attn.qkv(x).chunk(3, dim=-1))
+    ref = attn.proj(reference_attention(q, k, v).transpose(1, 2).reshape(2, 24, 16))
+    torch.testing.assert_close(attn(x, (4, 6)), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_windows_are_independent_and_padding_is_ignored():
+    torch.manual_seed(0)
+    attn = WindowAttention(8, 2, window_size=2).eval()
+    x = torch.randn(1, 15, 8)  # 3 x 5 grid, padded to 4 x 6
+    y = x.clone()
+    y[0, 14] += 5.0  # bottom-right token: its window holds tokens (2,4) only
+    out_x, out_y = attn(x, (3, 5)), attn(y, (3, 5))
+    torch.testing.assert_close(out_x[0, :14], out_y[0, :14])
+    single = attn.proj(attn.qkv(y[:, 14:15]).chunk(3, dim=-1)[2])  # attends to itself only
+    torch.testing.assert_close(out_y[:, 14:15], single, atol=1e-5, rtol=1e-5)

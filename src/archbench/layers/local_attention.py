@@ -11,6 +11,7 @@ and, when it cannot, why.
 - :class:`HaloAttention` (HaloNet): blocked local attention with halos and relative
   position logits. Uses SDPA with the relative logits as the additive bias.
 - :class:`SlicedGroupAttention` (SReT): self-attention inside token groups. Uses SDPA.
+- :class:`WindowAttention` (MAFormer local branch, Swin-style): non-overlapping windows. Uses SDPA.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ __all__ = [
     "CosineCpbAttention",
     "HaloAttention",
     "SlicedGroupAttention",
+    "WindowAttention",
+    "window_partition",
+    "window_reverse",
     "continuous_position_index",
     "pooled_axis_positions",
 ]
@@ -440,4 +444,79 @@ class SlicedGroupAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, c)
         if order is not None:
             out = out[:, torch.argsort(order)]
+        return self.proj_drop(self.proj(out))
+
+
+# ----------------------------------------------------------------------------------
+# Non-overlapping window attention
+# ----------------------------------------------------------------------------------
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/w * W/w, w*w, C)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: -> (B, H, W, C)."""
+    c = windows.shape[-1]
+    x = windows.reshape(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping ``window x window`` windows.
+
+    Token input (B, N, C) with its grid; maps whose sides are not multiples of the window
+    are zero-padded and cropped back. Uses SDPA per window (padded tokens are masked out
+    as keys). A window covering the whole map is plain global attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 7,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {window_size}")
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = size
+        win = min(self.window_size, max(h, w))
+        ph, pw = -(-h // win) * win, -(-w // win) * win
+        grid = x.reshape(b, h, w, c)
+        mask = None
+        if (ph, pw) != (h, w):
+            grid = F.pad(grid, (0, 0, 0, pw - w, 0, ph - h))
+            valid = torch.zeros(1, ph, pw, 1, dtype=torch.bool, device=x.device)
+            valid[:, :h, :w] = True
+            keep = window_partition(valid.to(x.dtype), win)[..., 0] > 0  # (windows, w*w)
+            mask = keep.repeat(b, 1)[:, None, None, :]
+        tokens = window_partition(grid, win)
+        nw, m = tokens.shape[:2]
+        hd = c // self.num_heads
+        qkv = self.qkv(tokens).reshape(nw, m, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            attn_mask=mask,
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
+        out = window_reverse(out.transpose(1, 2).reshape(nw, m, c), win, ph, pw)
+        out = out[:, :h, :w].reshape(b, n, c)
         return self.proj_drop(self.proj(out))
