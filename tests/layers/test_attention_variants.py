@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
 from archbench.layers import Attention, reference_attention
 from archbench.layers.attention_variants import (
     ClassAttention,
+    ConvolutionalAdditiveAttention,
     ConvProjectionAttention,
     CrossCovarianceAttention,
     GatedPositionalSelfAttention,
@@ -239,3 +241,33 @@ def test_relative_position_bias_lookup():
     # key (0, 0) from query (1, 2): offset (-1, -2) -> table[:, 1, 1]
     assert torch.equal(bias[:, 1 * 4 + 2, 0], table[:, 1, 1])
     assert relative_position_bias(torch.zeros(2, 13, 13), (4, 4)).shape == (2, 16, 16)
+
+
+def test_convolutional_additive_attention_matches_written_out_formula():
+    """CATM: proj(dwc(Phi(q) + Phi(k)) * v), Phi = channel gate after spatial gate."""
+    torch.manual_seed(0)
+    m = ConvolutionalAdditiveAttention(8).eval()
+    x = torch.randn(2, 8, 5, 6)
+    q, k, v = m.qkv(x).chunk(3, dim=1)
+
+    def phi(t, spatial, channel):
+        t = t * torch.sigmoid(spatial(t))
+        return t * torch.sigmoid(channel(t.mean((2, 3), keepdim=True)))
+
+    ctx = phi(q, m.spatial_q, m.channel_q) + phi(k, m.spatial_k, m.channel_k)
+    torch.testing.assert_close(m(x), m.proj(m.dwc(ctx) * v))
+    # the spatial gate is a single map shared by all channels
+    assert m.spatial_q[-1].out_channels == 1
+
+
+def test_convolutional_additive_attention_is_local_up_to_the_channel_gate():
+    """Without the global channel pooling, a far-away pixel cannot change the output."""
+    torch.manual_seed(0)
+    m = ConvolutionalAdditiveAttention(4).eval()
+    for conv in (m.channel_q, m.channel_k):
+        nn.init.zeros_(conv.weight)  # gate = sigmoid(0) = 1/2 regardless of the input
+    x = torch.randn(1, 4, 12, 12)
+    x2 = x.clone()
+    x2[..., 11, 11] += 5.0
+    diff = (m(x2) - m(x)).abs().sum(1)[0]
+    assert diff[:6, :6].max() == 0 and diff[11, 11] > 0

@@ -453,39 +453,49 @@ class ManhattanDecayAttention(nn.Module):
 class ConvolutionalAdditiveAttention(nn.Module):
     """Convolutional additive token mixer, CATM (CAS-ViT, 2024).
 
-    q, k, v are 1x1 convolutions; each of q and k passes through a spatial operator
-    (depthwise 3x3 conv -> sigmoid gate) and a channel operator (pooled 1x1 conv ->
-    sigmoid gate); the context ``Phi(q) + Phi(k)`` is mixed by a depthwise 3x3 conv and
-    multiplies v, followed by a depthwise 3x3 projection. There is no softmax over token
-    pairs, so SDPA does not apply (cost is linear in the number of tokens).
+    q, k, v come from one 1x1 convolution. q and k each pass through a spatial operator
+    (depthwise 3x3 conv, BatchNorm, ReLU, 1x1 conv to one channel, sigmoid gate) and a
+    channel operator (global pool, 1x1 conv, sigmoid gate); the additive context
+    ``Phi(q) + Phi(k)`` is mixed by a depthwise 3x3 conv and multiplies v, followed by a
+    depthwise 3x3 projection. There is no softmax over token pairs (the similarity is a sum
+    of two gated maps, linear in the number of tokens), so SDPA does not apply.
 
     Input and output are NCHW.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, qkv_bias: bool = False, proj_drop: float = 0.0) -> None:
         super().__init__()
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.spatial_q = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.Conv2d(dim, 1, 1)
-        )
-        self.spatial_k = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.Conv2d(dim, 1, 1)
-        )
-        self.channel_q = nn.Conv2d(dim, dim, 1)
-        self.channel_k = nn.Conv2d(dim, dim, 1)
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=qkv_bias)
+        self.spatial_q, self.spatial_k = self._spatial(dim), self._spatial(dim)
+        self.channel_q = nn.Conv2d(dim, dim, 1, bias=False)
+        self.channel_k = nn.Conv2d(dim, dim, 1, bias=False)
         self.dwc = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def _phi(self, x: torch.Tensor, spatial: nn.Module, channel: nn.Module) -> torch.Tensor:
+    @staticmethod
+    def _spatial(dim: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(),
+            nn.Conv2d(dim, 1, 1, bias=False),
+        )
+
+    @staticmethod
+    def _phi(x: torch.Tensor, spatial: nn.Module, channel: nn.Module) -> torch.Tensor:
         x = x * torch.sigmoid(spatial(x))
         return x * torch.sigmoid(channel(x.mean(dim=(2, 3), keepdim=True)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=1)
-        ctx = self._phi(q, self.spatial_q, self.channel_q) + self._phi(
+    def context(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The additive similarity Phi(q) + Phi(k) (before the depthwise mixing)."""
+        return self._phi(q, self.spatial_q, self.channel_q) + self._phi(
             k, self.spatial_k, self.channel_k
         )
-        return self.proj(self.dwc(ctx) * v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        return self.proj_drop(self.proj(self.dwc(self.context(q, k)) * v))
 
 
 def relative_position_bias(table: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
