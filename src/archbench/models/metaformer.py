@@ -192,9 +192,6 @@ class MetaFormer(ImageClassifier):
         self.num_classes = num_classes
         self.head = self._make_head(num_classes)
 
-    def no_weight_decay(self) -> set[str]:
-        return {"norm.weight", "norm.bias"}
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         x = self.stem(x)
