@@ -115,7 +115,7 @@ class ConViT(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
-        self.cam_target = f"blocks.{depth - 1}"
+        self.cam_target = f"blocks.{depth - 1}.norm1"  # patch tokens still reach the class token
 
     def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         # GPSA block outputs carry no class token

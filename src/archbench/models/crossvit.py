@@ -162,7 +162,8 @@ class CrossViT(ImageClassifier):
             FeatureInfo(d, round(side / pe.grid_size[0]), f"norms.{i}")
             for i, (d, pe) in enumerate(zip(embed_dim, self.patch_embed))
         ]
-        self.cam_target = "norms.0"
+        # small-patch branch, last block's input norm: its patches still reach its CLS token
+        self.cam_target = f"blocks.{len(depth) - 1}.branches.0.{depth[-1][0] - 1}.norm1"
         for p in (*self.cls_token, *self.pos_embed):
             nn.init.trunc_normal_(p, std=0.02)
 

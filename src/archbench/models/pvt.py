@@ -171,7 +171,8 @@ class PyramidVisionTransformer(ImageClassifier):
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.cam_target = f"stages.{n - 1}"
+        # last block's input norm: its patch tokens still reach the class token
+        self.cam_target = f"stages.{n - 1}.blocks.{depths[-1] - 1}.norm1"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -133,7 +133,8 @@ class T2TViT(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [FeatureInfo(embed_dim, reduction, "norm")]
-        self.cam_target = "blocks"
+        # the last block's input norm: its patch tokens still reach the class token
+        self.cam_target = f"blocks.{depth - 1}.norm1"
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
