@@ -189,7 +189,7 @@ class MobileOne(ImageClassifier):
 
 _PAPER = "MobileOne: An Improved One millisecond Mobile Backbone"
 _SRC = (
-    "paper Table 8 (fused params, top-1); train-time params of the official "
+    "paper (ImageNet results table: fused params, top-1); train-time params of the official "
     "apple/ml-mobileone release (unfused checkpoints)"
 )
 
