@@ -35,6 +35,7 @@ import torch.nn.functional as F
 __all__ = [
     "LOG_DECAY_FLOOR",
     "MambaMixer1d",
+    "SelectiveSSM",
     "selective_scan",
     "selective_scan_ref",
 ]
@@ -180,54 +181,35 @@ def selective_scan(
     return _finish(y, uf, D, z.float() if z is not None else None).to(dtype)
 
 
-class MambaMixer1d(nn.Module):
-    """The Mamba (S6) sequence mixer on (B, L, C) tokens.
+class SelectiveSSM(nn.Module):
+    """The input-dependent part of a Mamba block: (dt, B, C) from the activations, then a scan.
 
-    in_proj to ``x`` and gate ``z`` -> causal depthwise conv1d on ``x`` -> SiLU ->
-    ``x_proj`` to (dt, B, C) -> ``dt_proj`` -> selective scan -> ``* silu(z)`` -> out_proj.
-    ``bidirectional=True`` runs a second scan on the reversed sequence with its own
-    parameters and sums the two (Vision Mamba style); ``use_ref`` picks the sequential scan.
+    Takes and returns (B, D, L). ``forward`` accepts ``extra_b`` (broadcastable to
+    (B, N, L)), added to the input-dependent B (PlainMamba's direction tokens).
+    ``use_ref`` switches to the sequential reference scan.
     """
 
     def __init__(
         self,
-        dim: int,
+        d_inner: int,
         d_state: int = 16,
-        d_conv: int = 4,
-        expand: float = 2.0,
-        dt_rank: int | None = None,
+        dt_rank: int = 1,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        conv_bias: bool = True,
-        bias: bool = False,
         chunk_size: int = 16,
     ) -> None:
         super().__init__()
-        if d_state < 1 or d_conv < 1 or expand <= 0:
-            raise ValueError(
-                f"need d_state >= 1, d_conv >= 1, expand > 0; got {d_state}, {d_conv}, {expand}"
-            )
-        self.d_inner = int(expand * dim)
-        self.d_state = d_state
-        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
+        if d_state < 1 or dt_rank < 1:
+            raise ValueError(f"need d_state >= 1 and dt_rank >= 1; got {d_state}, {dt_rank}")
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
         self.chunk_size = chunk_size
         self.use_ref = False
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias)
-        self.conv1d = nn.Conv1d(
-            self.d_inner,
-            self.d_inner,
-            d_conv,
-            padding=d_conv - 1,
-            groups=self.d_inner,
-            bias=conv_bias,
-        )
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         self.A_log = nn.Parameter(
-            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
         )
-        self.D = nn.Parameter(torch.ones(self.d_inner))
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
+        self.D = nn.Parameter(torch.ones(d_inner))
         self._init_dt(dt_min, dt_max)
 
     def _init_dt(self, dt_min: float, dt_max: float) -> None:
@@ -241,8 +223,7 @@ class MambaMixer1d(nn.Module):
             ).clamp(min=1e-4)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def ssm(self, x: torch.Tensor, extra_b: torch.Tensor | None = None) -> torch.Tensor:
-        """Selective scan of (B, D, L) activations; ``extra_b`` (B or 1, N, L) is added to B."""
+    def forward(self, x: torch.Tensor, extra_b: torch.Tensor | None = None) -> torch.Tensor:
         proj = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, Bm, Cm = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
@@ -264,10 +245,46 @@ class MambaMixer1d(nn.Module):
             **kwargs,
         )
 
+
+class MambaMixer1d(nn.Module):
+    """The Mamba (S6) sequence mixer on (B, L, C) tokens.
+
+    in_proj to ``x`` and gate ``z`` -> causal depthwise conv1d on ``x`` -> SiLU ->
+    selective SSM -> ``* silu(z)`` -> out_proj. ``self.ssm.use_ref`` picks the
+    sequential scan.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2.0,
+        dt_rank: int | None = None,
+        conv_bias: bool = True,
+        bias: bool = False,
+        chunk_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if d_conv < 1 or expand <= 0:
+            raise ValueError(f"need d_conv >= 1 and expand > 0; got {d_conv}, {expand}")
+        self.d_inner = int(expand * dim)
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            d_conv,
+            padding=d_conv - 1,
+            groups=self.d_inner,
+            bias=conv_bias,
+        )
+        rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
+        self.ssm = SelectiveSSM(self.d_inner, d_state, rank, chunk_size=chunk_size)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
-        xz = self.in_proj(x).transpose(1, 2)
-        x, z = xz.chunk(2, dim=1)
+        x, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
         x = F.silu(self.conv1d(x)[..., :length])
         y = self.ssm(x) * F.silu(z)
         return self.out_proj(y.transpose(1, 2))
