@@ -273,7 +273,7 @@ def plainmamba_l3(**kwargs: Any) -> PlainMamba:
 def plainmamba_pico(**kwargs: Any) -> PlainMamba:
     cfg = dict(
         patch_size=4,
-        embed_dim=64,
+        embed_dim=48,
         depth=4,
         num_convs_patch_embed=0,
         layers_with_dwconv=(0,),
