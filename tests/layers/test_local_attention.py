@@ -13,6 +13,7 @@ from archbench.layers.local_attention import (
     AggregatedAttention,
     CosineCpbAttention,
     HaloAttention,
+    MSAConv2d,
     SlicedGroupAttention,
     WindowAttention,
     continuous_position_index,
@@ -236,3 +237,48 @@ def test_windows_are_independent_and_padding_is_ignored():
     torch.testing.assert_close(out_x[0, :14], out_y[0, :14])
     single = attn.proj(attn.qkv(y[:, 14:15]).chunk(3, dim=-1)[2])  # attends to itself only
     torch.testing.assert_close(out_y[:, 14:15], single, atol=1e-5, rtol=1e-5)
+
+
+# ----- TiC MSA-Conv -----------------------------------------------------------------
+def test_msa_conv_attention_is_per_pixel_attention_over_its_window():
+    """Each pixel: softmax(q k^T / sqrt(d)) v over its 3x3 neighbourhood, zero keys outside."""
+    torch.manual_seed(0)
+    layer = MSAConv2d(8, 8, 3, num_heads=2).eval()
+    x = torch.randn(1, 8, 4, 5)
+    q, k, v = layer.qkv(x).chunk(3, dim=1)
+    ref = torch.zeros(1, 8, 4, 5)
+    for y in range(4):
+        for xx in range(5):
+            keys, vals = [], []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xj = y + dy, xx + dx
+                    inside = 0 <= yy < 4 and 0 <= xj < 5
+                    keys.append(k[0, :, yy, xj] if inside else torch.zeros(8))
+                    vals.append(v[0, :, yy, xj] if inside else torch.zeros(8))
+            kk = torch.stack(keys).reshape(9, 2, 4).transpose(0, 1)  # (heads, 9, d)
+            vv = torch.stack(vals).reshape(9, 2, 4).transpose(0, 1)
+            qq = q[0, :, y, xx].reshape(2, 1, 4)
+            ref[0, :, y, xx] = reference_attention(qq, kk, vv).reshape(8)
+    torch.testing.assert_close(layer.attend(x), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer(x), layer.conv(ref + x), atol=1e-5, rtol=1e-5)
+
+
+def test_msa_conv_one_pixel_window_passes_values_through():
+    layer = MSAConv2d(4, 4, 1).eval()
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(layer.attend(x), layer.qkv(x).chunk(3, dim=1)[2])
+
+
+def test_cyclic_shift_connects_distant_tokens_and_any_size_works():
+    torch.manual_seed(0)
+    plain = MSAConv2d(8, 8, 3).eval()
+    shifted = MSAConv2d(8, 8, 3, shift=4).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 8, 9, 9)
+    y = x.clone()
+    y[..., 4, 0] += 5.0  # four columns left of pixel (4, 4)
+    assert torch.equal(plain.attend(x)[..., 4, 4], plain.attend(y)[..., 4, 4])
+    assert not torch.allclose(shifted.attend(x)[..., 4, 4], shifted.attend(y)[..., 4, 4])
+    down = MSAConv2d(8, 16, 3, stride=2)
+    assert down(torch.randn(1, 8, 7, 10)).shape == (1, 16, 4, 5)

@@ -12,6 +12,8 @@ and, when it cannot, why.
   position logits. Uses SDPA with the relative logits as the additive bias.
 - :class:`SlicedGroupAttention` (SReT): self-attention inside token groups. Uses SDPA.
 - :class:`WindowAttention` (MAFormer local branch, Swin-style): non-overlapping windows. Uses SDPA.
+- :class:`MSAConv2d` (TiC): attention inside every convolution window, then the
+  convolution. Not SDPA (see the class).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "AggregatedAttention",
     "CosineCpbAttention",
     "HaloAttention",
+    "MSAConv2d",
     "SlicedGroupAttention",
     "WindowAttention",
     "window_partition",
@@ -520,3 +523,84 @@ class WindowAttention(nn.Module):
         out = window_reverse(out.transpose(1, 2).reshape(nw, m, c), win, ph, pw)
         out = out[:, :h, :w].reshape(b, n, c)
         return self.proj_drop(self.proj(out))
+
+
+# ----------------------------------------------------------------------------------
+# TiC: self-attention inside a convolution window (MSA-Conv)
+# ----------------------------------------------------------------------------------
+class MSAConv2d(nn.Module):
+    """Multi-head self-attention inside every convolution window, then the convolution
+    (TiC: Exploring Vision Transformer in Convolution).
+
+    NCHW in and out. Q, K, V come from a 1x1 convolution; each pixel attends to the
+    ``kernel_size x kernel_size`` (optionally dilated) neighbourhood around itself, with
+    zero-padded keys and values at the border as in the release's CUDA op; the result
+    is added to the input and passed through a (standard, dilated, strided or
+    depthwise: ``groups``) ``kernel_size`` convolution, so the layer is a drop-in
+    replacement for that convolution and works at any input size.
+
+    ``shift`` > 0 turns on TiC's multi-directional cyclic shift: the key/value channels
+    are split in four groups rolled cyclically by ``shift`` pixels up, down, left and
+    right, so that every window also sees tokens far away. ``inter_pool`` computes keys
+    and values from a 3x3 average-pooled map, enlarging each key's receptive field.
+
+    Not SDPA: every query has its own sliding window of keys; SDPA would need a dense
+    N x N mask (quadratic in the number of pixels, which MSA-Conv exists to avoid), and
+    the zero-padded border keys are not expressible as a mask over real keys. Written
+    with unfold and einsum.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        num_heads: int = 1,
+        shift: int = 0,
+        inter_pool: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+        if in_channels % num_heads:
+            raise ValueError(f"in_channels {in_channels} is not divisible by num_heads {num_heads}")
+        if shift and in_channels % 4:
+            raise ValueError(f"the cyclic shift splits channels in 4 groups; got {in_channels}")
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.num_heads, self.shift, self.inter_pool = num_heads, shift, inter_pool
+        self.qkv = nn.Conv2d(in_channels, in_channels * 3, 1)
+        pad = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, pad, dilation, groups, bias=bias
+        )
+
+    def _cyclic_shift(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.shift
+        a, b, c, d = t.chunk(4, dim=1)
+        return torch.cat([a.roll(s, 2), b.roll(-s, 2), c.roll(s, 3), d.roll(-s, 3)], dim=1)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention part alone: (B, C, H, W) -> (B, C, H, W), before the residual."""
+        b, c, h, w = x.shape
+        heads, k2 = self.num_heads, self.kernel_size**2
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        if self.inter_pool:
+            k = F.avg_pool2d(k, 3, 1, 1, count_include_pad=False)
+            v = F.avg_pool2d(v, 3, 1, 1, count_include_pad=False)
+        if self.shift:
+            k, v = self._cyclic_shift(k), self._cyclic_shift(v)
+        pad = self.dilation * (self.kernel_size - 1) // 2
+        unfold = dict(kernel_size=self.kernel_size, dilation=self.dilation, padding=pad)
+        d = c // heads
+        k = F.unfold(k, **unfold).reshape(b, heads, d, k2, h * w)
+        v = F.unfold(v, **unfold).reshape(b, heads, d, k2, h * w)
+        q = q.reshape(b, heads, d, h * w)
+        attn = (torch.einsum("bhdn,bhdkn->bhkn", q, k) * d**-0.5).softmax(dim=2)
+        return torch.einsum("bhkn,bhdkn->bhdn", attn, v).reshape(b, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.attend(x) + x)
