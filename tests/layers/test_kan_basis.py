@@ -179,3 +179,25 @@ def test_selectable_is_weighted_concatenation():
     assert sel.selected().tolist() == [0, 0, 0]
     out.sum().backward()
     assert sel.logits.grad is not None
+
+
+def test_rswaf_peak_and_decay():
+    basis = create_basis("rswaf", 1, n_basis=5, grid_range=(-2, 2))
+    feats = basis(torch.tensor([[0.0], [1.0]]))[:, 0]
+    assert feats[0, 2] == 1.0
+    torch.testing.assert_close(feats[1, 2], 1 - torch.tanh(torch.tensor(1.0)) ** 2)
+
+
+def test_bspline_analytic_backward_matches_autograd():
+    from archbench.layers.kan_basis import _cox_de_boor
+
+    basis = BSplineBasis(3, grid_size=5, spline_order=3)
+    x = (torch.rand(20, 3, dtype=torch.float64) * 1.8 - 0.9).requires_grad_(True)
+    grid = basis.grid.double()
+    w = torch.randn(20, 3, 8, dtype=torch.float64)
+    (basis(x) * w).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    (_cox_de_boor(x, grid, 3)[1] * w).sum().backward()
+    torch.testing.assert_close(ours, x.grad)
+    assert torch.autograd.gradcheck(lambda t: basis(t), (x.detach().requires_grad_(True),))

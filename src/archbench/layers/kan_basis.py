@@ -13,6 +13,7 @@ Bases and the papers they come from:
   samples and grid extension (*KAN: Kolmogorov-Arnold Networks*, Liu et al., 2024).
 - ``rbf``: Gaussian radial basis functions on a uniform grid (FastKAN's approximation
   of cubic B-splines).
+- ``rswaf``: FasterKAN's reflectional switch functions 1 - tanh((x - c_k) / h)^2.
 - ``chebyshev``, ``legendre``, ``gram``, ``hermite``, ``jacobi``: orthogonal polynomials
   by their three-term recurrences on ``tanh(x)`` (ChebyKAN, KALN, KAGN and relatives
   studied in *Kolmogorov-Arnold Convolutions: Design Principles and Empirical Studies*,
@@ -56,6 +57,7 @@ __all__ = [
     "MexicanHatBasis",
     "MorletBasis",
     "RBFBasis",
+    "RSWAFBasis",
     "SelectableBasis",
     "create_basis",
     "register_basis",
@@ -116,22 +118,55 @@ def _check_positive(**values: int) -> None:
 # ----- B-splines (KAN) ------------------------------------------------------------------
 
 
+def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """Bases of order 0..``order`` (only the last two are kept): the Cox-de Boor recursion."""
+    xe = x.unsqueeze(-1)
+    # order 0: indicator of the half-open knot interval [t_j, t_{j+1})
+    b = ((xe >= grid[:, :-1]) & (xe < grid[:, 1:])).to(x.dtype)
+    prev = b
+    for p in range(1, order + 1):
+        left = (xe - grid[:, : -(p + 1)]) / (grid[:, p:-1] - grid[:, : -(p + 1)])
+        right = (grid[:, p + 1 :] - xe) / (grid[:, p + 1 :] - grid[:, 1:-p])
+        prev, b = b, left * b[..., :-1] + right * b[..., 1:]
+    return [prev, b]
+
+
+class _BSplineFunction(torch.autograd.Function):
+    """B-spline features with an analytic backward.
+
+    The forward keeps only the order ``k - 1`` bases; the derivative is
+    dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1})),
+    so the recursion's intermediates never enter the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:  # type: ignore[override]
+        prev, b = _cox_de_boor(x, grid, order)
+        ctx.order = order
+        ctx.save_for_backward(prev if order > 0 else b.new_empty(0), grid)
+        return b
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        prev, grid = ctx.saved_tensors
+        k = ctx.order
+        if k == 0 or not ctx.needs_input_grad[0]:
+            return None, None, None
+        left = prev[..., :-1] / (grid[:, k:-1] - grid[:, : -(k + 1)])
+        right = prev[..., 1:] / (grid[:, k + 1 :] - grid[:, 1:-k])
+        return k * (grad * (left - right)).sum(-1), None, None
+
+
 def bspline_features(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
     """B-spline basis values by the Cox-de Boor recursion.
 
     ``x``: (..., in); ``grid``: (in, n_knots) extended knots, ascending per feature.
     Returns (..., in, n_knots - 1 - order). Outside the grid every basis is zero.
     """
-    xe = x.unsqueeze(-1)
-    # order 0: indicator of the half-open knot interval [t_j, t_{j+1})
-    b = ((xe >= grid[:, :-1]) & (xe < grid[:, 1:])).to(x.dtype)
-    for p in range(1, order + 1):
-        left_den = grid[:, p:-1] - grid[:, : -(p + 1)]
-        right_den = grid[:, p + 1 :] - grid[:, 1:-p]
-        left = (xe - grid[:, : -(p + 1)]) / left_den * b[..., :-1]
-        right = (grid[:, p + 1 :] - xe) / right_den * b[..., 1:]
-        b = left + right
-    return b
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _BSplineFunction.apply(x, grid, order)
+    return _cox_de_boor(x, grid, order)[1]
 
 
 @register_basis("bspline")
@@ -234,6 +269,16 @@ class RBFBasis(KANBasis):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         return torch.exp(-((x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width).square())
+
+
+@register_basis("rswaf")
+class RSWAFBasis(RBFBasis):
+    """Reflectional switch activations 1 - tanh((x - c_k) / h)^2 (FasterKAN, used by MLP-KAN)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        t = torch.tanh((x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width)
+        return 1 - t.square()
 
 
 # ----- orthogonal polynomials -----------------------------------------------------------

@@ -1,0 +1,190 @@
+"""Speed of KAN layers against equal-parameter linear/conv layers and the unfold KAN conv.
+
+For every basis: forward+backward wall-clock time (median of timed passes after warm-up)
+and peak tensor memory during one forward+backward pass (the profiler's allocation
+events on CPU, CUDA allocator statistics on a GPU) of
+
+- ``KANLinear(3072, 64)`` on a batch of 64 flattened 3x32x32 images, against
+  ``nn.Linear(3072, 64 * n_feat)`` with the same parameter count;
+- ``KANConv2d(32, 32, 3, padding=1)`` on (64, 32, 32, 32), against
+  ``nn.Conv2d(32, 32 * n_feat, 3, padding=1)`` with the same parameter count, and
+  against the straightforward unfold formulation (``unfold_kan_conv2d``: the KAN applied
+  to every unfolded patch).
+
+``n_feat`` is the number of features per input (basis functions plus the base branch).
+Goal: KAN within 3x of the equal-parameter layer, and at least 5x faster than unfold.
+
+Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]``.
+Writes ``benchmarks/results/kan_speed.json`` and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from archbench.bench.measure import environment
+from archbench.layers.kan import KANConv2d, KANLinear, unfold_kan_conv2d
+from archbench.layers.kan_basis import BASES
+
+BATCH = 64
+IMG = 32
+CONV_CH = 32
+LIN_IN, LIN_OUT = 3 * IMG * IMG, 64
+
+
+class _Unfold(nn.Module):
+    def __init__(self, conv: KANConv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return unfold_kan_conv2d(self.conv, x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fwd_bwd_ms(m: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+    x = x.detach().requires_grad_(True)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        m(x).square().mean().backward()
+        _sync(x.device)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+    return statistics.median(times)
+
+
+def peak_mb(m: nn.Module, x: torch.Tensor) -> float:
+    x = x.detach().requires_grad_(True)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        m(x).square().mean().backward()
+        torch.cuda.synchronize(x.device)
+        peak = torch.cuda.max_memory_allocated(x.device) - base
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            m(x).square().mean().backward()
+        events = sorted(
+            (e for e in prof.events() if e.self_cpu_memory_usage),
+            key=lambda e: e.time_range.start,
+        )
+        running = peak = 0
+        for e in events:
+            running += e.self_cpu_memory_usage
+            peak = max(peak, running)
+    m.zero_grad(set_to_none=True)
+    return peak / 2**20
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _opts(name: str) -> dict[str, Any]:
+    return {"num_groups": 8} if name == "rational" else {}
+
+
+def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfold: bool):
+    rows = []
+    x_lin = torch.randn(BATCH, LIN_IN, device=device)
+    x_conv = torch.randn(BATCH, CONV_CH, IMG, IMG, device=device)
+    for name in bases:
+        kl = KANLinear(LIN_IN, LIN_OUT, basis=name, **_opts(name)).to(device)
+        n_feat = kl.full_weight().shape[-1]
+        ref_l = nn.Linear(LIN_IN, LIN_OUT * n_feat, bias=False).to(device)
+        kc = KANConv2d(CONV_CH, CONV_CH, 3, padding=1, basis=name, **_opts(name)).to(device)
+        ref_c = nn.Conv2d(CONV_CH, CONV_CH * n_feat, 3, padding=1, bias=False).to(device)
+        row: dict[str, Any] = {"basis": name, "n_feat": n_feat}
+        for key, m, x in [
+            ("kan_linear", kl, x_lin),
+            ("linear", ref_l, x_lin),
+            ("kan_conv", kc, x_conv),
+            ("conv", ref_c, x_conv),
+        ]:
+            row[f"{key}_params"] = _params(m)
+            row[f"{key}_ms"] = fwd_bwd_ms(m, x, warmup, repeats)
+            row[f"{key}_peak_mb"] = peak_mb(m, x)
+            print(f"  {name} {key}: {row[f'{key}_ms']:.1f} ms, {row[f'{key}_peak_mb']:.0f} MB", flush=True)
+        if unfold:
+            u = _Unfold(kc)
+            row["unfold_conv_ms"] = fwd_bwd_ms(u, x_conv, 1, max(2, repeats // 4))
+            row["unfold_conv_repeats"] = max(2, repeats // 4)
+            row["unfold_conv_peak_mb"] = peak_mb(u, x_conv)
+            row["speedup_vs_unfold"] = row["unfold_conv_ms"] / row["kan_conv_ms"]
+            row["memory_vs_unfold"] = row["unfold_conv_peak_mb"] / max(row["kan_conv_peak_mb"], 1e-9)
+        row["linear_ratio"] = row["kan_linear_ms"] / row["linear_ms"]
+        row["conv_ratio"] = row["kan_conv_ms"] / row["conv_ms"]
+        rows.append(row)
+        print(
+            f"{name:12s} feat={n_feat:2d} linear x{row['linear_ratio']:.2f} "
+            f"conv x{row['conv_ratio']:.2f}"
+            + (f" unfold/ours {row['speedup_vs_unfold']:.1f}x" if unfold else ""),
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bases", nargs="*", default=sorted(BASES))
+    ap.add_argument("--no-unfold", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kan_speed.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = sorted(set(args.bases) - set(BASES))
+    if unknown:
+        raise SystemExit(f"unknown bases {unknown}; choose from {sorted(BASES)}")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold)
+    result = {
+        "conditions": {
+            **environment(device),
+            "batch": BATCH,
+            "img_size": IMG,
+            "conv": f"{CONV_CH}->{CONV_CH}, 3x3, padding 1",
+            "linear": f"{LIN_IN}->{LIN_OUT}",
+            "timing": f"forward+backward, median of {args.repeats} after {args.warmup} warm-up",
+            "memory": "peak tensor memory of one forward+backward (profiler allocation events on CPU)",
+            "equal_params": "nn.Linear(in, out*n_feat) / nn.Conv2d(in, out*n_feat, 3)",
+        },
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n{'basis':12s} {'lin x':>6s} {'conv x':>7s} {'unfold/ours':>12s} {'mem ours/conv':>14s}")
+    for r in rows:
+        print(
+            f"{r['basis']:12s} {r['linear_ratio']:6.2f} {r['conv_ratio']:7.2f} "
+            f"{r.get('speedup_vs_unfold', float('nan')):12.1f} "
+            f"{r['kan_conv_peak_mb'] / max(r['conv_peak_mb'], 1e-9):14.2f}"
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
