@@ -170,7 +170,7 @@ _R2N = "Res2Net: A New Multi-scale Backbone Architecture"
         params_m=25.70,
         gmacs=4.2,
         top1=77.99,
-        source="paper Table 2 (Res2Net-50 26w x 4s: top-1 error 22.01; 25.7M, 4.2 GFLOPs); "
+        source="paper (Res2Net-50 26w x 4s: top-1 error 22.01, 25.7M params, 4.2 GFLOPs); "
         "exact count of the official release: 25,699,128",
     )
 )

@@ -210,7 +210,7 @@ _RESNEST = "ResNeSt: Split-Attention Networks"
         params_m=27.5,
         gmacs=5.39,
         top1=81.13,
-        source="paper Table 3 (ResNeSt-50, 224px: 27.5M params, 5.39 GFLOPs, 81.13 top-1); "
+        source="paper (ResNeSt-50 at 224px: 27.5M params, 5.39 GFLOPs, 81.13 top-1); "
         "the official release has 27,483,240 parameters",
     )
 )

@@ -160,7 +160,7 @@ _RS = "Revisiting ResNets: Improved Training and Scaling Strategies"
         params_m=35.7,
         top1=78.8,
         img_size=160,
-        source="paper Table 7 (ResNet-RS-50 at 160px: 35.7M params) and the official "
+        source="paper (ResNet-RS-50: 35.7M params) and the official "
         "release (78.8 top-1 at 160x160)",
     )  # fmt: skip
 )
@@ -177,7 +177,7 @@ def resnetrs50(**kwargs: Any) -> ResNetRS:
         params_m=63.6,
         top1=80.3,
         img_size=160,
-        source="paper Table 7 (ResNet-RS-101: 63.6M params) and the official release "
+        source="paper (ResNet-RS-101: 63.6M params) and the official release "
         "(80.3 top-1 at 160x160)",
     )  # fmt: skip
 )

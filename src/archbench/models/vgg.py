@@ -112,7 +112,6 @@ _VGG = "Very Deep Convolutional Networks for Large-Scale Image Recognition"
         2015,
         "cnn",
         params_m=138.36,
-        gmacs=15.47,
         top1=74.4,
         source="paper Table 2 (138M, config D); top-1 error 25.6 single-scale (Table 3, train "
         "S=[256;512], test Q=384); exact count of the official Caffe release, 138,357,544",
@@ -129,7 +128,6 @@ def vgg16(**kwargs: Any) -> VGG:
         2015,
         "cnn",
         params_m=143.67,
-        gmacs=19.63,
         top1=74.5,
         source="paper Table 2 (144M, config E); top-1 error 25.5 single-scale (Table 3, train "
         "S=[256;512], test Q=384); exact count of the official Caffe release, 143,667,240",
