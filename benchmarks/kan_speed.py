@@ -6,8 +6,8 @@ events on CPU, CUDA allocator statistics on a GPU) of
 
 - ``KANLinear(3072, 64)`` on a batch of 64 flattened 3x32x32 images, against
   ``nn.Linear(3072, 64 * n_feat)`` with the same parameter count;
-- ``KANConv2d(32, 32, 3, padding=1)`` on (64, 32, 32, 32), against
-  ``nn.Conv2d(32, 32 * n_feat, 3, padding=1)`` with the same parameter count, and
+- ``KANConv2d(16, 16, 3, padding=1)`` on (64, 16, 32, 32), against
+  ``nn.Conv2d(16, 16 * n_feat, 3, padding=1)`` with the same parameter count, and
   against the straightforward unfold formulation (``unfold_kan_conv2d``: the KAN applied
   to every unfolded patch).
 
@@ -36,7 +36,7 @@ from archbench.layers.kan_basis import BASES
 
 BATCH = 64
 IMG = 32
-CONV_CH = 32
+CONV_CH = 16
 LIN_IN, LIN_OUT = 3 * IMG * IMG, 64
 
 
@@ -122,14 +122,19 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
             row[f"{key}_params"] = _params(m)
             row[f"{key}_ms"] = fwd_bwd_ms(m, x, warmup, repeats)
             row[f"{key}_peak_mb"] = peak_mb(m, x)
-            print(f"  {name} {key}: {row[f'{key}_ms']:.1f} ms, {row[f'{key}_peak_mb']:.0f} MB", flush=True)
+            print(
+                f"  {name} {key}: {row[f'{key}_ms']:.1f} ms, {row[f'{key}_peak_mb']:.0f} MB",
+                flush=True,
+            )
         if unfold:
             u = _Unfold(kc)
             row["unfold_conv_ms"] = fwd_bwd_ms(u, x_conv, 1, max(2, repeats // 4))
             row["unfold_conv_repeats"] = max(2, repeats // 4)
             row["unfold_conv_peak_mb"] = peak_mb(u, x_conv)
             row["speedup_vs_unfold"] = row["unfold_conv_ms"] / row["kan_conv_ms"]
-            row["memory_vs_unfold"] = row["unfold_conv_peak_mb"] / max(row["kan_conv_peak_mb"], 1e-9)
+            row["memory_vs_unfold"] = row["unfold_conv_peak_mb"] / max(
+                row["kan_conv_peak_mb"], 1e-9
+            )
         row["linear_ratio"] = row["kan_linear_ms"] / row["linear_ms"]
         row["conv_ratio"] = row["kan_conv_ms"] / row["conv_ms"]
         rows.append(row)
@@ -176,7 +181,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\n{'basis':12s} {'lin x':>6s} {'conv x':>7s} {'unfold/ours':>12s} {'mem ours/conv':>14s}")
+    print(
+        f"\n{'basis':12s} {'lin x':>6s} {'conv x':>7s} {'unfold/ours':>12s} {'mem ours/conv':>14s}"
+    )
     for r in rows:
         print(
             f"{r['basis']:12s} {r['linear_ratio']:6.2f} {r['conv_ratio']:7.2f} "

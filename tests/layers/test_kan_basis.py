@@ -201,3 +201,26 @@ def test_bspline_analytic_backward_matches_autograd():
     (_cox_de_boor(x, grid, 3)[1] * w).sum().backward()
     torch.testing.assert_close(ours, x.grad)
     assert torch.autograd.gradcheck(lambda t: basis(t), (x.detach().requires_grad_(True),))
+
+
+def test_rational_analytic_backward_passes_gradcheck():
+    r = GroupRationalBasis(6, num_groups=3).double()
+    with torch.no_grad():
+        r.numerator.add_(0.1 * torch.randn_like(r.numerator))
+        r.denominator.add_(0.1 * torch.randn_like(r.denominator))
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t, a, b: r.rational.__func__(_with(r, a, b), t), (x, r.numerator, r.denominator)
+    )
+
+
+def _with(r, a, b):
+    """A shallow stand-in for ``r`` whose coefficients are the given tensors."""
+
+    class _R:
+        pass
+
+    s = _R()
+    s.in_features, s.num_groups, s._check = r.in_features, r.num_groups, r._check
+    s.numerator, s.denominator = a, b
+    return s

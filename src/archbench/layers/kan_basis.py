@@ -478,6 +478,67 @@ class MorletBasis(_WaveletBasis):
         return torch.cos(MorletBasis.omega0 * t) * torch.exp(-0.5 * t.square())
 
 
+def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """sum_i coef[:, i] x^i for grouped x (..., G, D) and coef (G, n)."""
+    out = coef[:, -1:].expand_as(x)
+    for i in range(coef.shape[1] - 2, -1, -1):
+        out = torch.addcmul(coef[:, i : i + 1], out, x)
+    return out
+
+
+def _rational_forward(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    p = _horner(x, a)
+    q = _horner(x, b) * x  # Q has no constant term
+    return p / (1 + q.abs()), p, q
+
+
+class _RationalFunction(torch.autograd.Function):
+    """P(x) / (1 + |Q(x)|) per group with an analytic backward (what KAT's kernel computes).
+
+    Only ``x`` and the coefficients are saved; the backward recomputes P and Q and gives
+    dF/dx = (P' (1 + |Q|) - P sign(Q) Q') / (1 + |Q|)^2, dF/da_i = x^i / (1 + |Q|) and
+    dF/db_j = -P sign(Q) x^(j+1) / (1 + |Q|)^2, reduced over each group's elements.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, a, b)
+        return _rational_forward(x, a, b)[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, a, b = ctx.saved_tensors
+        _, p, q = _rational_forward(x, a, b)
+        inv = 1 / (1 + q.abs())
+        # the common factor of the denominator terms: -grad P sign(Q) / (1 + |Q|)^2
+        u = -grad * p * torch.sign(q) * inv * inv
+        t = grad * inv
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            ia = torch.arange(1, a.shape[1], dtype=a.dtype, device=a.device)
+            ib = torch.arange(1, b.shape[1] + 1, dtype=b.dtype, device=b.device)
+            dp = _horner(x, a[:, 1:] * ia) if a.shape[1] > 1 else torch.zeros_like(x)
+            dq = _horner(x, b * ib)
+            grad_x = t * dp + u * dq
+        dims = [d for d in range(x.ndim) if d != x.ndim - 2]
+        if ctx.needs_input_grad[1]:
+            cols, xp = [], None
+            for _ in range(a.shape[1]):
+                xp = torch.ones_like(x) if xp is None else xp * x
+                cols.append((t * xp).sum(dims))
+            grad_a = torch.stack(cols, -1)
+        if ctx.needs_input_grad[2]:
+            cols, xp = [], x
+            for j in range(b.shape[1]):
+                xp = x if j == 0 else xp * x
+                cols.append((u * xp).sum(dims))
+            grad_b = torch.stack(cols, -1)
+        return grad_x, grad_a, grad_b
+
+
 # ----- group-rational (KAT) -------------------------------------------------------------
 
 # Coefficients of P (degree 5, a0..a5) and Q (degree 4 without constant, b1..b4) fitted by
@@ -538,15 +599,9 @@ class GroupRationalBasis(KANBasis):
         xg = x.reshape(*shape[:-1], self.num_groups, self.in_features // self.num_groups)
         a = self.numerator.to(x.dtype)
         b = self.denominator.to(x.dtype)
-        # Horner's rule, coefficients broadcast over the features of each group
-        p = a[:, 5:6]
-        for i in range(4, -1, -1):
-            p = p * xg + a[:, i : i + 1]
-        q = b[:, 3:4]
-        for j in range(2, -1, -1):
-            q = q * xg + b[:, j : j + 1]
-        q = q * xg
-        return (p / (1 + q.abs())).reshape(shape)
+        if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
+            return _RationalFunction.apply(xg, a, b).reshape(shape)
+        return _rational_forward(xg, a, b)[0].reshape(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rational(x).unsqueeze(-1)
