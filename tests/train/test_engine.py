@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -173,3 +174,9 @@ def test_evaluate_top1_top5_and_ema():
     assert torch.equal(ema.model.weight, lin.weight)
     sd = ema.state_dict()
     assert int(sd["updates"]) == 1
+
+
+def test_bf16_autocast_and_sgd_run(tmp_path, data):
+    recipe = FAST.replace(epochs=1, precision="bf16", optimizer="sgd", lr=0.05, grad_clip=1.0)
+    res = fit(_model(), data, recipe, tmp_path, progress=False)
+    assert res.status == "completed" and math.isfinite(res.history[0]["train_loss"])
