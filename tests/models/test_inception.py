@@ -75,3 +75,22 @@ def test_released_scales_and_last_block_is_linear():
     assert len(blocks) == 10
     assert isinstance(blocks[-1].act, torch.nn.Identity)
     assert all(isinstance(b.act, torch.nn.ReLU) for b in blocks[:-1])
+
+
+def test_too_small_input_for_the_imagenet_stem_fails_clearly():
+    with pytest.raises(ValueError, match="too small"):
+        create_model("inception_v4", img_size=64)
+    with pytest.raises(ValueError, match="unknown stem"):
+        create_model("inception_v3", stem="tiny")
+
+
+def test_conv_norm_act_same_padding_and_bias_rules():
+    from archbench.layers.conv import ConvNormAct
+
+    conv = ConvNormAct(4, 6, (1, 7))
+    assert conv.conv.padding == (0, 3) and conv.conv.bias is None
+    assert conv(torch.randn(1, 4, 9, 9)).shape == (1, 6, 9, 9)
+    plain = ConvNormAct(4, 6, 3, norm=None, act=None)
+    assert plain.conv.bias is not None and len(plain) == 1
+    with pytest.raises(ValueError, match="groups"):
+        ConvNormAct(4, 6, 3, groups=4)

@@ -1,44 +1,26 @@
 """Convolution helpers shared by the convolutional families: conv + norm + activation.
 
 ``ConvNormAct`` is the unit almost every CNN in archbench is built from (a 2-D
-convolution without bias, a norm, an activation). ``conv_out_size`` is the arithmetic
-of one convolution or pooling layer, used where a model must know its map sizes in
-``__init__`` (plain Python, so models still build on the ``meta`` device).
+convolution without bias, a norm, an activation).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import torch
 import torch.nn as nn
 
 from .act import create_act
 from .helpers import to_2tuple
 from .norm import create_norm
 
-__all__ = ["ConvNormAct", "conv_out_size", "same_padding"]
+__all__ = ["ConvNormAct", "same_padding"]
 
 
 def same_padding(kernel_size: int | tuple[int, int], dilation: int = 1) -> tuple[int, int]:
     """Padding that keeps the size of a stride-1 convolution with an odd kernel."""
     kh, kw = to_2tuple(kernel_size)
     return (dilation * (kh - 1)) // 2, (dilation * (kw - 1)) // 2
-
-
-def conv_out_size(
-    size: int, kernel: int, stride: int = 1, padding: int = 0, ceil_mode: bool = False
-) -> int:
-    """Output length of a convolution or pooling along one axis."""
-    span = size + 2 * padding - kernel
-    if span < 0:
-        raise ValueError(f"input of size {size} is smaller than the kernel {kernel}")
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    # PyTorch drops a last window that would start inside the right padding
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 class ConvNormAct(nn.Sequential):
@@ -86,8 +68,3 @@ class ConvNormAct(nn.Sequential):
     @property
     def out_channels(self) -> int:
         return self.conv.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - Sequential order
-        for m in self:
-            x = m(x)
-        return x

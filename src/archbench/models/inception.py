@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
 from ..layers.conv import ConvNormAct
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, to_2tuple
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["InceptionResNetV2", "InceptionV3", "InceptionV4"]
@@ -67,9 +67,15 @@ class _Branches(nn.Module):
         return torch.cat([b(x) for b in self.branches], 1)
 
 
-def _check_stem(stem: str) -> int:
+def _check_stem(stem: str, img_size: int | tuple[int, int]) -> int:
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+    smallest = 75 if stem == "imagenet" else 8
+    if min(to_2tuple(img_size)) < smallest:
+        raise ValueError(
+            f"img_size {img_size} is too small for the {stem!r} stem (at least {smallest}; "
+            "the canonical size is 299, use stem='cifar' for 32x32)"
+        )
     return 0 if stem == "imagenet" else 1  # padding of the stride-2 reductions
 
 
@@ -212,7 +218,7 @@ class InceptionV3(_InceptionBase):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        rp = _check_stem(stem)
+        rp = _check_stem(stem, img_size)
         if not a_pool or not c7 or num_e < 1:
             raise ValueError("a_pool and c7 need at least one entry and num_e >= 1")
         if aux_logits and (stem != "imagenet" or width_mult != 1.0):
@@ -383,7 +389,7 @@ class InceptionV4(_InceptionBase):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        rp = _check_stem(stem)
+        rp = _check_stem(stem, img_size)
         if len(depths) != 3 or min(depths) < 1:
             raise ValueError(
                 f"depths must be three positive ints (4, 7, 3 in the paper), got {depths}"
@@ -505,7 +511,7 @@ class InceptionResNetV2(_InceptionBase):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        rp = _check_stem(stem)
+        rp = _check_stem(stem, img_size)
         if len(depths) != 3 or min(depths) < 1:
             raise ValueError(
                 f"depths must be three positive ints (10, 20, 10 released), got {depths}"
