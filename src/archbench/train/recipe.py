@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -229,8 +228,6 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise TypeError(f"recipe {key} must be a mapping, got {value!r}")
-        return value
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no such field today
         return value
     return value
 
