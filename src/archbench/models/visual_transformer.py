@@ -274,9 +274,7 @@ _PAPER = "Visual Transformers: Token-based Image Representation and Processing f
         "hybrid",
         scale="other",
         params_m=11.7,
-        gmacs=1.57,
-        top1=76.8,
-        source="VT paper, ImageNet table (VT-R18: 11.7M params, 1.569 GFLOPs, 76.8 top-1)",
+        source="VT paper's VT-ResNet-18 parameter count as quoted in the task; not verified",
         notes=(
             "paper's VT-R18 figures; no official layout was released, so this is the "
             "paper's equations with L=16, CT=1024 replacing ResNet-18's last stage "
