@@ -155,7 +155,10 @@ class HaloNet(ImageClassifier):
 
 
 _PAPER = "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"
-_SRC = "HaloNet paper, Table of HaloNet H0-H7 (b, h, rv, rb, l3, df, image size, params, top-1)"
+_SRC = (
+    "HaloNet paper's H0-H7 table (b, h, rv, rb, l3, df, image size, params, top-1), as "
+    "transcribed in leondgarse/keras_cv_attention_models halonet/README.md; no official code"
+)
 
 
 def _halonet(
