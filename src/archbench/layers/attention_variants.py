@@ -1,5 +1,5 @@
 """Attention variants of the vision-transformer families (T2T-ViT, CrossViT, CvT, PVT, XCiT,
-ConViT, RMT, CAS-ViT).
+ConViT, RMT, MOAT, CAS-ViT).
 
 Token tensors are (B, N, C); a module that needs the grid takes ``hw=(H, W)`` and expects
 the N tokens in row-major order (after any prefix tokens it documents). Each docstring

@@ -8,6 +8,11 @@ features projected by a 1x1 conv, then XCA blocks: cross-covariance attention
 scaled by a LayerScale. Two class-attention layers (CaiT) then read the patches into a
 class token. Position features are computed from the grid, so any input multiple of the
 patch size works.
+
+In a class-attention layer the patch tokens are carried through unchanged (after the
+optional ``tokens_norm``). The official code's residual adds them to themselves (doubling
+them); every later reader of those tokens starts with a LayerNorm, so the class token and
+the logits are the same either way (up to the LayerNorm epsilon).
 """
 
 from __future__ import annotations
