@@ -192,6 +192,7 @@ def test_bspline_analytic_backward_matches_autograd():
     from archbench.layers.kan_basis import _cox_de_boor
 
     basis = BSplineBasis(3, grid_size=5, spline_order=3)
+    basis.uniform = False  # the general (Cox-de Boor) path
     x = (torch.rand(20, 3, dtype=torch.float64) * 1.8 - 0.9).requires_grad_(True)
     grid = basis.grid.double()
     w = torch.randn(20, 3, 8, dtype=torch.float64)
@@ -224,3 +225,24 @@ def _with(r, a, b):
     s.in_features, s.num_groups, s._check = r.in_features, r.num_groups, r._check
     s.numerator, s.denominator = a, b
     return s
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3, 4])
+def test_uniform_fast_path_matches_cox_de_boor(order):
+    from archbench.layers.kan_basis import _cox_de_boor
+
+    basis = BSplineBasis(3, grid_size=6, spline_order=order, grid_range=(-1.0, 2.0))
+    assert basis.uniform
+    x = (torch.rand(50, 3, dtype=torch.float64) * 5 - 2).requires_grad_(True)  # also outside
+    w = torch.randn(50, 3, basis.n_basis, dtype=torch.float64)
+    fast = basis(x)
+    ref = _cox_de_boor(x, basis.grid.double(), order)[1]
+    torch.testing.assert_close(fast, ref)
+    if order > 0:  # order-0 splines are piecewise constant: no gradient
+        (fast * w).sum().backward()
+        g_fast = x.grad.clone()
+        x.grad = None
+        (ref * w).sum().backward()
+        torch.testing.assert_close(g_fast, x.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(basis(x), ref)

@@ -6,9 +6,10 @@ plus that basis's options, and computes, for each output ``o``,
 (*KAN: Kolmogorov-Arnold Networks*, Liu et al., 2024; ``b`` is the residual base
 function, SiLU by default, none for the KAT rational basis).
 
-Speed: the base function is appended to the basis features as one more feature, so a
-layer is one basis evaluation plus one matrix multiply (linear) or one ordinary
-convolution (convolutional). A KAN convolution applies the KAN to every patch; because
+Speed: a layer is one basis evaluation plus one matrix multiply (linear) or one ordinary
+convolution (convolutional), with the base branch as a second, small matmul/convolution
+(mathematically the base function is one more basis feature; ``full_weight`` and
+``pixel_features`` give that single-tensor view). A KAN convolution applies the KAN to every patch; because
 each edge function depends on one input pixel only, the features of every input pixel
 are computed once, ``(B, C * (K + 1), H, W)``, and convolved with weights
 ``(out, C * (K + 1) / groups, k, k)`` -- equal to the KAN on every unfolded patch of the
@@ -125,12 +126,16 @@ class KANLinear(nn.Module):
         return torch.cat([self.weight, self.base_weight.unsqueeze(-1)], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = _features(self.basis, self._act, x)
-        w = self.full_weight()
-        y = F.linear(feats.flatten(-2), w.flatten(1), self.bias)
         if self.track_activations:
+            feats = _features(self.basis, self._act, x)
+            w = self.full_weight()
             phi = torch.einsum("...ik,oik->...oi", feats, w)
             self.edge_l1 = phi.abs().reshape(-1, self.out_features, self.in_features).mean(0)
+            return F.linear(feats.flatten(-2), w.flatten(1), self.bias)
+        # the base branch as its own matmul: cheaper than appending it to the features
+        y = F.linear(self.basis(x).flatten(-2), self.weight.flatten(1), self.bias)
+        if self._act is not None:
+            y = y + F.linear(self._act(x), self.base_weight)
         return y
 
     def edge_functions(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,10 +298,17 @@ class _KANConvNd(nn.Module):
                 f"{type(self).__name__} expects (B, {self.in_channels}, ...) with {self.ndim} "
                 f"spatial dims, got {tuple(x.shape)}"
             )
-        feats = self.pixel_features(self.pad_input(x))
-        return _CONV[self.ndim](
-            feats, self.full_weight(), self.bias, self.stride, 0, self.dilation, self.groups
+        x = self.pad_input(x)
+        conv = _CONV[self.ndim]
+        feats = self.basis(x.movedim(1, -1)).flatten(-2).movedim(-1, 1)  # (B, C*K, *S)
+        y = conv(
+            feats, self.weight.flatten(1, 2), self.bias, self.stride, 0, self.dilation, self.groups
         )
+        if self._act is not None:  # the base branch: an ordinary convolution of b(x)
+            y = y + conv(
+                self._act(x), self.base_weight, None, self.stride, 0, self.dilation, self.groups
+            )
+        return y
 
     def extra_repr(self) -> str:
         return (

@@ -158,6 +158,62 @@ class _BSplineFunction(torch.autograd.Function):
         return k * (grad * (left - right)).sum(-1), None, None
 
 
+def _uniform_local(
+    x: torch.Tensor, lo: torch.Tensor, inv_h: torch.Tensor, order: int, n_basis: int
+):
+    """Nonzero B-splines of a uniform grid, computed on the ``order + 1`` local values only.
+
+    Returns (index, values, previous-order values): ``values[..., i]`` belongs to basis
+    ``index[..., i]`` of a zero-padded layout (``order + 1`` slots before the first basis).
+    The recursion runs on lists of x-shaped tensors (no tiny trailing dimension).
+    """
+    u = (x - lo) * inv_h  # position in grid steps from the first inner knot
+    j = torch.floor(u).clamp(-(order + 1), n_basis)
+    t = u - j
+    c: list[torch.Tensor] = [torch.ones_like(t)]
+    prev = c
+    for p in range(1, order + 1):
+        nxt = []
+        for i in range(p + 1):
+            term = None
+            if i > 0:  # left neighbour b_{i-1} with weight (t + p - i)
+                term = c[i - 1] * (t + (p - i))
+            if i < p:  # own b_i with weight (i + 1 - t)
+                right = c[i] * ((i + 1) - t)
+                term = right if term is None else term + right
+            nxt.append(term / p)
+        prev, c = c, nxt
+    idx = (j.long().unsqueeze(-1) + (order + 1)) + torch.arange(order + 1, device=x.device)
+    return idx, torch.stack(c, -1), prev
+
+
+class _UniformBSplineFunction(torch.autograd.Function):
+    """Uniform-grid B-splines: local evaluation, one scatter, analytic backward."""
+
+    @staticmethod
+    def forward(ctx, x, lo, inv_h, order: int, n_basis: int):  # type: ignore[override]
+        idx, c, prev = _uniform_local(x, lo, inv_h, order, n_basis)
+        width = n_basis + 2 * order + 2
+        out = x.new_zeros(*x.shape, width).scatter_(-1, idx, c)
+        ctx.order = order
+        ctx.save_for_backward(idx, inv_h, *prev)
+        return out[..., order + 1 : order + 1 + n_basis]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        idx, inv_h, *prev = ctx.saved_tensors
+        k = ctx.order
+        if k == 0 or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        g = torch.nn.functional.pad(grad, (k + 1, k + 1)).gather(-1, idx)
+        # d/du of the order-k local values: N_{i-1}^{k-1} - N_i^{k-1}
+        dx = g[..., 0] * -prev[0] + g[..., k] * prev[k - 1]
+        for i in range(1, k):
+            dx = dx + g[..., i] * (prev[i - 1] - prev[i])
+        return dx * inv_h, None, None, None, None
+
+
 def bspline_features(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
     """B-spline basis values by the Cox-de Boor recursion.
 
@@ -201,6 +257,8 @@ class BSplineBasis(KANBasis):
         self.spline_order = spline_order
         self.n_basis = grid_size + spline_order
         self.register_buffer("grid", self._uniform_grid(lo, hi, grid_size), persistent=True)
+        # a uniform grid takes the local-evaluation fast path; update_grid makes it adaptive
+        self.uniform = True
 
     def _uniform_grid(self, lo: float, hi: float, g: int) -> torch.Tensor:
         h = (hi - lo) / g
@@ -210,7 +268,17 @@ class BSplineBasis(KANBasis):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return bspline_features(x, self.grid.to(x.dtype), self.spline_order)
+        grid = self.grid.to(x.dtype)
+        if not self.uniform or x.device.type == "meta":
+            return bspline_features(x, grid, self.spline_order)
+        k = self.spline_order
+        lo = grid[:, k]
+        inv_h = 1.0 / (grid[:, k + 1] - grid[:, k])
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _UniformBSplineFunction.apply(x, lo, inv_h, k, self.n_basis)
+        idx, c, _ = _uniform_local(x, lo, inv_h, k, self.n_basis)
+        out = x.new_zeros(*x.shape, self.n_basis + 2 * k + 2).scatter_(-1, idx, c)
+        return out[..., k + 1 : k + 1 + self.n_basis]
 
     @torch.no_grad()
     def grid_from_samples(self, x: torch.Tensor, grid_size: int, grid_eps: float) -> torch.Tensor:
@@ -236,6 +304,8 @@ class BSplineBasis(KANBasis):
         if grid.shape[0] != self.in_features or grid.shape[1] < 2 * self.spline_order + 2:
             raise ValueError(f"grid of shape {tuple(grid.shape)} does not fit this basis")
         self.grid = grid.to(self.grid)
+        steps = self.grid.diff(dim=1)
+        self.uniform = bool(((steps - steps[:, :1]).abs() <= 1e-5 * steps[:, :1].abs()).all())
         self.grid_size = grid.shape[1] - 1 - 2 * self.spline_order
         self.n_basis = self.grid_size + self.spline_order
 
