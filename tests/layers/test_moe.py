@@ -65,3 +65,21 @@ def test_meta_dispatch_matches_shapes_and_bad_options_fail():
         assert moe(torch.empty(2, 3, 8)).shape == (2, 3, 8)
     with pytest.raises(ValueError, match="top_k"):
         MoEMlp(8, 16, num_experts=2, top_k=3)
+
+
+def test_meta_flops_count_routed_not_dense_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(module, x):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            module(x)
+        return counter.get_total_flops()
+
+    with torch.device("meta"):
+        moe = MoEMlp(16, 64, num_experts=4, top_k=2).eval()
+        x = torch.empty(32, 16)
+        routed = flops(moe, x)
+        one_expert = flops(moe.experts[0], torch.empty(32 * 2, 16))  # T * k tokens in all
+        router = flops(moe.router, x)
+    assert routed == one_expert + router

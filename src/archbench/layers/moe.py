@@ -13,9 +13,9 @@ After every forward the layer holds ``aux_loss``, the load-balancing loss
 of e)``, which is 1 for a perfectly uniform router; models add it, weighted, to the task
 loss.
 
-Dispatch is sparse (each expert runs only on its tokens); on the ``meta`` device, where
-token selection has no kernel, every expert runs on every token and unselected outputs
-are weighted by zero, which gives the same result.
+Dispatch is sparse (each expert runs only on its tokens). On the ``meta`` device, where
+token selection has no kernel, each expert runs on a balanced share (top_k / num_experts)
+of the tokens: the shapes are right and FLOP counters see the routed compute.
 """
 
 from __future__ import annotations
@@ -92,9 +92,16 @@ class MoEMlp(nn.Module):
 
         out = torch.zeros_like(flat)
         if flat.is_meta:
+            # shapes only: each expert takes its balanced share of the routed tokens, so
+            # that FLOP counts on meta match the routed (not the dense) compute
+            share = min(tokens, -(-tokens * self.top_k // self.num_experts))
             for e, expert in enumerate(self.experts):
                 weight = (gates * (index == e).to(gates.dtype)).sum(dim=-1, keepdim=True)
-                out = out + weight * expert(flat)
+                out = out.index_add(
+                    0,
+                    torch.arange(share, device=flat.device),
+                    weight[:share] * expert(flat[:share]),
+                )
             return out.reshape(shape)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero((index == e) & (gates > 0), as_tuple=True)
