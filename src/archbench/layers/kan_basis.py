@@ -196,14 +196,16 @@ class _UniformBSplineFunction(torch.autograd.Function):
         width = n_basis + 2 * order + 2
         out = x.new_zeros(*x.shape, width).scatter_(-1, idx, c)
         ctx.order = order
-        ctx.save_for_backward(idx, inv_h, *prev)
+        # keep only the first index of each input (int32); the others follow it
+        ctx.save_for_backward(idx[..., 0].to(torch.int32), inv_h, *prev)
         return out[..., order + 1 : order + 1 + n_basis]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        idx, inv_h, *prev = ctx.saved_tensors
+        first, inv_h, *prev = ctx.saved_tensors
         k = ctx.order
+        idx = first.long().unsqueeze(-1) + torch.arange(k + 1, device=first.device)
         if k == 0 or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         g = torch.nn.functional.pad(grad, (k + 1, k + 1)).gather(-1, idx)
