@@ -12,6 +12,9 @@ events on CPU, CUDA allocator statistics on a GPU) of
   to every unfolded patch).
 
 ``n_feat`` is the number of features per input (basis functions plus the base branch).
+A last row times the rational basis as KAT uses it: ``KANLinear(192, 768, basis="rational")``
+on (64, 64, 192) tokens against ``nn.Linear(192, 768)``.
+
 Goal: KAN within 3x of the equal-parameter layer, and at least 5x faster than unfold.
 
 Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]``.
@@ -147,6 +150,21 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
     return rows
 
 
+def run_kat_tokens(device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """The rational basis where KAT uses it: a GR-KAN layer 192 -> 768 on 64 x 64 tokens."""
+    x = torch.randn(BATCH, 64, 192, device=device)
+    kan = KANLinear(192, 768, basis="rational", num_groups=8, bias=True).to(device)
+    ref = nn.Linear(192, 768).to(device)
+    row: dict[str, Any] = {"layer": "GR-KAN 192->768 vs Linear 192->768, (64, 64, 192) tokens"}
+    for key, m in [("gr_kan", kan), ("linear", ref)]:
+        row[f"{key}_params"] = _params(m)
+        row[f"{key}_ms"] = fwd_bwd_ms(m, x, warmup, repeats)
+        row[f"{key}_peak_mb"] = peak_mb(m, x)
+    row["ratio"] = row["gr_kan_ms"] / row["linear_ms"]
+    print(f"GR-KAN tokens x{row['ratio']:.2f}", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -165,6 +183,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold)
+    kat_row = run_kat_tokens(device, args.warmup, args.repeats)
     result = {
         "conditions": {
             **environment(device),
@@ -177,6 +196,7 @@ def main() -> None:
             "equal_params": "nn.Linear(in, out*n_feat) / nn.Conv2d(in, out*n_feat, 3)",
         },
         "rows": rows,
+        "kat_tokens": kat_row,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
