@@ -64,7 +64,7 @@ class FitResult:
     steps: int
     out_dir: str
     error: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # filled by callbacks' on_fit_end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -550,10 +550,8 @@ def _fit(
         out_dir=str(out),
         error=error,
     )
-    # A resumed finished run keeps status "completed" in its checkpoint, so a later call
-    # returns at once.
+    _call(callbacks, "on_fit_end", state, result)  # callbacks may add to result.extras
     atomic_write_text(
         out / "fit_result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
     )
-    _call(callbacks, "on_fit_end", state, result)
     return result
