@@ -1,0 +1,570 @@
+"""Fair comparison: train and measure a set of models under one data, recipe, budget and seed set.
+
+A comparison is described by a :class:`CompareSpec` (CLI flags or a YAML file). Before
+anything trains, every model name, the data, the recipe and the budget are validated and
+every matched-budget model is scaled; an output folder that holds a different spec is
+refused. Each (model, seed) becomes a run whose full configuration is hashed into a key:
+re-running the spec skips completed runs and resumes interrupted ones from their last
+checkpoint. Runs train in parallel (``jobs``) with the cores split between them; test
+accuracy is evaluated once, on the checkpoint chosen on the validation split; speed and
+memory are measured afterwards one run at a time, so that parallel training does not
+disturb the timings. A failed run (a NaN loss, an exception) is recorded with its error
+and the others go on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..models import create_model, get_model_card
+from .budget import measure_budget_quantity, parse_budget, scale_to_budget
+from .leaderboard import aggregate, leaderboard_markdown, leaderboard_text
+from .measure import (
+    count_flops,
+    count_params,
+    environment,
+    measure_latency,
+    measure_peak_memory,
+    measure_throughput,
+)
+
+__all__ = ["CompareSpec", "plan_runs", "run_compare"]
+
+RESULTS = "results.jsonl"
+SPEC_FILE = "spec.yaml"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass
+class CompareSpec:
+    """Everything that defines a comparison. ``jobs`` and ``out`` do not change results."""
+
+    models: list[str]
+    data: str = "shapes"
+    recipe: str = "cpu-fast"
+    budget: str | dict = "epochs"
+    seeds: int | list[int] = 1
+    epochs: int | None = None
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measure_batch: int = 64
+    data_seed: int = 0
+    explain: bool = False
+    jobs: int = 1
+    out: str = "runs/compare"
+
+    _TYPES = {
+        "models": list,
+        "data": str,
+        "recipe": str,
+        "budget": (str, dict),
+        "seeds": (int, list),
+        "epochs": (int, type(None)),
+        "model_kwargs": dict,
+        "measure_batch": int,
+        "data_seed": int,
+        "explain": bool,
+        "jobs": int,
+        "out": str,
+    }
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = self._TYPES[f.name]
+            allowed = expected if isinstance(expected, tuple) else (expected,)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise TypeError(
+                    f"spec key {f.name!r} must be {_type_name(expected)}, got {type(value).__name__} {value!r}"
+                )
+        if not self.models:
+            raise ValueError("a comparison needs at least one model")
+        if any(not isinstance(m, str) for m in self.models):
+            raise TypeError("spec key 'models' must be a list of model names (strings)")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(
+                f"models are listed twice: {sorted({m for m in self.models if self.models.count(m) > 1})}"
+            )
+        if isinstance(self.seeds, int):
+            if self.seeds < 1:
+                raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        elif not self.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
+        ):
+            raise ValueError("seeds must be a count or a non-empty list of integers")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.measure_batch < 1:
+            raise ValueError(f"measure_batch must be >= 1, got {self.measure_batch}")
+        unknown_kw = set(self.model_kwargs) - set(self.models)
+        if unknown_kw:
+            raise ValueError(
+                f"model_kwargs names models not in the comparison: {sorted(unknown_kw)}"
+            )
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareSpec:
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"a compare spec must be a mapping of keys to values, got {type(data).__name__}"
+            )
+        accepted = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"unknown spec key(s) {', '.join(map(repr, unknown))}; accepted keys: {', '.join(accepted)}"
+            )
+        if "models" not in data:
+            raise ValueError("the spec needs a 'models' list")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CompareSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"spec file {path} is not valid YAML: {err}") from None
+        return cls.from_dict(data or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_TYPES", None)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the results (not where they go or how many run at once)."""
+        d = self.to_dict()
+        d.pop("jobs")
+        d.pop("out")
+        d["seeds"] = self.seed_list
+        return d
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ if x is not type(None) else "null" for x in t)
+    return t.__name__
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----- planning ----------------------------------------------------------------------
+
+
+def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Validate the spec and return one configuration per run, plus shared context.
+
+    Everything that can fail before training fails here: unknown models (all of them
+    named at once), a bad recipe or data spec, a budget a model cannot be scaled to.
+    """
+    from ..data import load_dataset
+    from ..train import load_recipe
+
+    unknown = []
+    for name in spec.models:
+        try:
+            get_model_card(name)
+        except ValueError as err:
+            unknown.append(str(err))
+    if unknown:
+        raise ValueError("; ".join(unknown))
+
+    recipe = load_recipe(spec.recipe)
+    budget = parse_budget(spec.budget)
+    if budget.kind == "epochs" and budget.value is not None:
+        recipe = _with_epochs(recipe, int(budget.value))
+    if spec.epochs is not None:
+        recipe = _with_epochs(recipe, spec.epochs)
+    data = load_dataset(spec.data, seed=spec.data_seed)
+    img_size = _img_size(data)
+    shape = dict(img_size=img_size, in_chans=data.in_chans, num_classes=data.num_classes)
+
+    scaled: dict[str, dict[str, Any]] = {}
+    target = None
+    if budget.kind in ("params", "flops"):
+        if budget.value is not None:
+            target = budget.value
+        else:
+            target = measure_budget_quantity(budget.reference, budget.kind, **shape)
+        errors = []
+        for name in spec.models:
+            try:
+                scaled[name] = scale_to_budget(
+                    name, budget.kind, target, tolerance=budget.tolerance, **shape
+                ).to_dict()
+            except ValueError as err:
+                errors.append(str(err))
+        if errors:
+            raise ValueError("matched budget cannot be met:\n  " + "\n  ".join(errors))
+
+    recipe_dict = recipe.to_dict()
+    runs = []
+    for name in spec.models:
+        kwargs = dict(spec.model_kwargs.get(name, {}))
+        if name in scaled:
+            kwargs.update(scaled[name]["kwargs"])
+        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        # Fail now on a keyword the model does not take, not after hours of other runs.
+        with torch.device("meta"):
+            create_model(name, **shape, **kwargs)
+        for seed in spec.seed_list:
+            cfg = {
+                "model": name,
+                "model_kwargs": kwargs,
+                "data": spec.data,
+                "data_seed": spec.data_seed,
+                "recipe": recipe_dict,
+                "seed": seed,
+                "budget": budget.to_dict(),
+                "budget_target": target,
+                "max_seconds": budget.value if budget.kind == "time" else None,
+                "measure_batch": spec.measure_batch,
+                "img_size": img_size,
+            }
+            cfg["key"] = _hash(cfg)
+            runs.append(cfg)
+    context = {
+        "data": data.describe() if hasattr(data, "describe") else {"spec": spec.data},
+        "recipe": recipe_dict,
+        "budget": budget.to_dict(),
+        "budget_target": target,
+        "scaled": scaled,
+    }
+    return runs, context
+
+
+def _with_epochs(recipe: Any, epochs: int) -> Any:
+    return recipe.replace(epochs=epochs)
+
+
+def _img_size(data: Any) -> int:
+    size = data.img_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+# ----- running -----------------------------------------------------------------------
+
+
+def _run_dir(out: Path, cfg: dict[str, Any]) -> Path:
+    return out / "runs" / f"{cfg['model']}-seed{cfg['seed']}-{cfg['key']}"
+
+
+def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
+    """Train one run (in a worker process or in-process) and evaluate its test split once."""
+    torch.set_num_threads(threads)
+    from ..data import load_dataset
+    from ..train import Recipe, evaluate, fit, load_checkpoint
+    from ..train.checkpoint import atomic_write_text
+
+    run_dir = _run_dir(Path(out), cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"key": cfg["key"], "model": cfg["model"], "seed": cfg["seed"]}
+    try:
+        data = load_dataset(cfg["data"], seed=cfg["data_seed"])
+        recipe = Recipe.from_dict({**cfg["recipe"], "seed": cfg["seed"]})
+        kwargs = dict(
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            img_size=cfg["img_size"],
+            drop_rate=recipe.drop_rate,
+            drop_path_rate=recipe.drop_path_rate,
+            **cfg["model_kwargs"],
+        )
+        # the same record `archbench train` writes, so eval / explain can rebuild the model
+        info = {
+            "model": cfg["model"],
+            "kwargs": kwargs,
+            "data": cfg["data"],
+            "data_seed": cfg["data_seed"],
+        }
+        atomic_write_text(run_dir / "model.json", json.dumps(info, indent=2) + "\n")
+        torch.manual_seed(cfg["seed"])
+        model = create_model(cfg["model"], **kwargs)
+        t0 = time.perf_counter()
+        fitted = fit(model, data, recipe, run_dir, resume=True, max_seconds=cfg["max_seconds"])
+        result.update(
+            status=fitted.status,
+            epochs_completed=fitted.epochs_completed,
+            history=fitted.history,
+            val_top1=None if fitted.best_val_top1 is None else 100.0 * fitted.best_val_top1,
+            best_epoch=fitted.best_epoch,
+            train_time_s=fitted.train_time_s,
+            train_images_per_s=fitted.images_per_s,
+            data_time_share=fitted.data_time_share,
+            wall_time_s=time.perf_counter() - t0,
+        )
+        if fitted.error:
+            result["error"] = str(fitted.error)
+        if fitted.status in ("completed", "stopped_time") and fitted.best_checkpoint:
+            load_checkpoint(fitted.best_checkpoint, model)  # chosen on validation
+            test = evaluate(model, data.test if data.test is not None else data.val)
+            result.update(
+                test_top1=100.0 * test["top1"],
+                test_top5=100.0 * test["top5"],
+                test_loss=test["loss"],
+                test_n=test["n"],
+                test_split="test" if data.test is not None else "val (no test split)",
+                budget_stop=fitted.status,
+                status="completed",
+            )
+        elif fitted.status in ("completed", "stopped_time"):
+            result.update(
+                status="error", error="training ended without a checkpoint (budget too small?)"
+            )
+    except Exception as err:  # a failing run is recorded; the comparison goes on
+        result["status"] = "error"
+        result["error"] = f"{type(err).__name__}: {err}"
+        result["traceback"] = traceback.format_exc(limit=8)
+    (run_dir / "run_result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def measure_run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Parameters, MACs, latency, throughput and peak memory of a run's model, one at a time."""
+    torch.manual_seed(0)
+    from ..data import load_dataset
+
+    data = load_dataset(cfg["data"], seed=cfg["data_seed"])
+    model = create_model(
+        cfg["model"],
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        img_size=cfg["img_size"],
+        **cfg["model_kwargs"],
+    ).eval()
+    size = cfg["img_size"]
+    batch = cfg["measure_batch"]
+    lat = measure_latency(model, size, batch=1, warmup=5, repeats=20)
+    thr = measure_throughput(model, size, batch=batch, min_seconds=0.5)
+    return {
+        "params": count_params(model)["total"],
+        "macs": count_flops(model, size)["macs"],
+        "latency_ms": lat.median_ms,
+        "latency": lat.to_dict(),
+        "throughput": thr.images_per_s,
+        "throughput_detail": thr.to_dict(),
+        "peak_memory_mb": measure_peak_memory(model, size, batch=batch)["peak_bytes"] / 2**20,
+    }
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # a line cut by a kill mid-write: that run is simply redone
+            print(f"warning: {path}:{n} is not a complete JSON record; its run will be redone")
+    return records
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_out_dir(out: Path, spec: CompareSpec) -> None:
+    spec_path = out / SPEC_FILE
+    if spec_path.exists():
+        old = yaml.safe_load(spec_path.read_text()) or {}
+        old_id = old.get("identity")
+        if old_id != json.loads(json.dumps(spec.identity(), default=str)):
+            diffs = sorted(
+                k
+                for k in set(old_id or {}) | set(spec.identity())
+                if (old_id or {}).get(k)
+                != json.loads(json.dumps(spec.identity(), default=str)).get(k)
+            )
+            raise ValueError(
+                f"output folder {out} holds results of a different comparison (differs in: {', '.join(diffs)}); "
+                "choose another --out, or delete the folder to start over"
+            )
+    elif (out / RESULTS).exists():
+        raise ValueError(
+            f"output folder {out} holds a {RESULTS} without its {SPEC_FILE}; choose another --out"
+        )
+
+
+def _write_spec(out: Path, spec: CompareSpec, context: dict[str, Any]) -> None:
+    payload = {
+        "spec": spec.to_dict(),
+        "identity": json.loads(json.dumps(spec.identity(), default=str)),
+        "context": context,
+    }
+    tmp = out / (SPEC_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(payload, default=str)), sort_keys=False))
+    tmp.replace(out / SPEC_FILE)
+
+
+def run_compare(spec: CompareSpec, log: Any = print) -> dict[str, Any]:
+    """Plan, train, evaluate, measure and report a comparison; return paths and the leaderboard."""
+    t_start = time.perf_counter()
+    out = Path(spec.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    _check_out_dir(out, spec)
+    runs, context = plan_runs(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_spec(out, spec, context)
+    _write_recipe(out, context["recipe"])
+    results_path = out / RESULTS
+    done = {r["key"] for r in _read_results(results_path) if r.get("key")}
+    todo = [cfg for cfg in runs if cfg["key"] not in done]
+    log(
+        f"{len(runs)} runs ({len(spec.models)} models x {len(spec.seed_list)} seeds); "
+        f"{len(runs) - len(todo)} already complete, {len(todo)} to run with {spec.jobs} job(s)"
+    )
+
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(spec.jobs, len(todo) or 1, cores))
+    threads = max(1, cores // jobs)
+    trained: dict[str, dict[str, Any]] = {}
+    if todo:
+        if jobs == 1:
+            for i, cfg in enumerate(todo, 1):
+                log(f"[{i}/{len(todo)}] training {cfg['model']} seed {cfg['seed']}")
+                trained[cfg["key"]] = train_run(cfg, str(out), threads)
+                _log_result(log, trained[cfg["key"]])
+        else:
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(train_run, cfg, str(out), threads): cfg for cfg in todo}
+                for fut in cf.as_completed(futures):
+                    cfg = futures[fut]
+                    try:
+                        trained[cfg["key"]] = fut.result()
+                    except Exception as err:  # the worker process itself died
+                        trained[cfg["key"]] = {
+                            "key": cfg["key"],
+                            "status": "error",
+                            "error": f"worker died: {err}",
+                        }
+                    _log_result(log, trained[cfg["key"]])
+
+    env = environment()
+    for cfg in todo:
+        res = trained[cfg["key"]]
+        record = {
+            "key": cfg["key"],
+            "model": cfg["model"],
+            "kind": get_model_card(cfg["model"]).kind,
+            "seed": cfg["seed"],
+            "config": cfg,
+            "model_kwargs": cfg["model_kwargs"],
+            "run_dir": str(_run_dir(out, cfg)),
+            **{k: v for k, v in res.items() if k not in ("key", "model", "seed")},
+        }
+        if res.get("status") == "completed":
+            torch.set_num_threads(cores)
+            record.update(measure_run(cfg, out))
+            record["measure_conditions"] = {
+                "threads": torch.get_num_threads(),
+                "latency_batch": 1,
+                "throughput_batch": cfg["measure_batch"],
+                "memory_batch": cfg["measure_batch"],
+                "mode": "eval, float32, no compile; warm-up excluded",
+            }
+        record["environment"] = env
+        record["reproduce"] = _reproduce_command(cfg, out)
+        _append(results_path, record)
+
+    records = [r for r in _read_results(results_path) if r.get("key") in {c["key"] for c in runs}]
+    rows = aggregate(records)
+    conditions = (
+        f"Data `{spec.data}`, recipe `{spec.recipe}`, budget `{json.dumps(context['budget'])}`, seeds {spec.seed_list}. "
+        f"Measured on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}; latency at batch 1 and "
+        f"throughput / peak memory at batch {spec.measure_batch}, eval mode, one run at a time after training."
+    )
+    (out / "leaderboard.md").write_text(
+        "# Leaderboard\n\n" + leaderboard_markdown(rows, conditions)
+    )
+    extra = []
+    if spec.explain:
+        extra = _explain_sections(spec, runs, records, out)
+    from .report import write_report
+
+    report = write_report(out, spec.to_dict(), rows, records, env, extra_sections=extra)
+    elapsed = time.perf_counter() - t_start
+    return {
+        "rows": rows,
+        "leaderboard": leaderboard_text(rows),
+        "report": report,
+        "out": out,
+        "elapsed_s": elapsed,
+    }
+
+
+def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
+    """One command that retrains this run alone, with the same data split, recipe and seed."""
+    parts = [
+        f"archbench train {cfg['model']}",
+        f"--data '{cfg['data']}'",
+        f"--data-seed {cfg['data_seed']}",
+        f"--recipe {out / RECIPE_FILE}",
+        f"--seed {cfg['seed']}",
+    ]
+    if cfg["max_seconds"]:
+        parts.append(f"--max-seconds {cfg['max_seconds']}")
+    if cfg["model_kwargs"]:
+        args = " ".join(
+            f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in cfg["model_kwargs"].items()
+        )
+        parts.append(f"--model-arg {args}")
+    parts.append(f"--out {out / 'reproduce' / cfg['key']}")
+    return " ".join(parts)
+
+
+def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
+    from ..train import Recipe
+
+    Recipe.from_dict(recipe).to_file(out / RECIPE_FILE)
+
+
+def _log_result(log: Any, res: dict[str, Any]) -> None:
+    if res.get("status") == "completed":
+        log(
+            f"  done {res.get('model')} seed {res.get('seed')}: val {res.get('val_top1')} test {res.get('test_top1')}"
+        )
+    else:
+        log(
+            f"  FAILED {res.get('model')} seed {res.get('seed')}: {res.get('status')} {res.get('error', '')}"
+        )
+
+
+def _explain_sections(
+    spec: CompareSpec, runs: list[dict], records: list[dict], out: Path
+) -> list[tuple[str, str]]:
+    """A panel of explanations per model on the same held-out images (needs archbench.explain)."""
+    try:
+        from ..explain.compare_panel import explanation_panel
+    except ImportError:
+        return []
+    return explanation_panel(spec, runs, records, out)

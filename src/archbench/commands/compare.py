@@ -1,0 +1,75 @@
+"""`archbench compare`: train and measure models under one data, recipe, budget and seed set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from archbench.bench.compare import CompareSpec, run_compare
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="a fair comparison: same data, recipe, budget and seeds; leaderboard and HTML report",
+        description="Train every MODEL with the same data, recipe, budget and seeds, measure them the "
+        "same way, and write results.jsonl, leaderboard.md and report.html to --out.",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument(
+        "--spec", help="a YAML file with the same keys as these options (models, data, ...)"
+    )
+    p.add_argument(
+        "--data", help="dataset spec, e.g. shapes, digits, folder:/path (default shapes)"
+    )
+    p.add_argument("--recipe", help="recipe name or YAML/JSON file (default cpu-fast)")
+    p.add_argument(
+        "--budget",
+        help="epochs[=N] | time=SECONDS | params=N|match:MODEL | flops=N|match:MODEL (default: the recipe's epochs)",
+    )
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), default 1")
+    p.add_argument(
+        "--jobs", type=int, help="runs trained in parallel; cores are split between them"
+    )
+    p.add_argument(
+        "--model-kwargs",
+        help='JSON: per-model keyword arguments, e.g. \'{"vit_pico": {"depth": 4}}\'',
+    )
+    p.add_argument("--out", help="output folder (default runs/compare)")
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args: argparse.Namespace) -> CompareSpec:
+    data: dict = {}
+    if args.spec:
+        base = CompareSpec.from_file(args.spec)
+        data = base.to_dict()
+        if args.models:
+            data["models"] = list(args.models)
+    else:
+        if not args.models:
+            raise ValueError("name at least one MODEL, or give --spec FILE")
+        data["models"] = list(args.models)
+    for key in ("data", "recipe", "budget", "epochs", "seeds", "jobs", "out"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    if args.model_kwargs:
+        try:
+            data["model_kwargs"] = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--model-kwargs is not valid JSON: {err}") from None
+    return CompareSpec.from_dict(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    result = run_compare(spec)
+    print()
+    print(result["leaderboard"])
+    print(f"\nleaderboard: {result['out'] / 'leaderboard.md'}")
+    print(f"report:      {result['report']}")
+    print(f"results:     {result['out'] / 'results.jsonl'}")
+    print(f"wall-clock:  {result['elapsed_s']:.0f} s")
+    return 0
