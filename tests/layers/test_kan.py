@@ -189,3 +189,14 @@ def test_kan_regularization_l1_and_entropy():
     torch.testing.assert_close(
         kan_regularization(conv, weight_l1=1.0), conv.full_weight().abs().mean()
     )
+
+
+def test_adaptive_grid_survives_state_dict_round_trip():
+    layer = KANLinear(2, 2, basis="bspline", grid_size=6)
+    x = torch.randn(500, 2) * 0.4
+    layer.update_grid(x)
+    assert not layer.basis.uniform
+    fresh = KANLinear(2, 2, basis="bspline", grid_size=6)
+    fresh.load_state_dict(layer.state_dict())
+    assert not fresh.basis.uniform
+    torch.testing.assert_close(fresh(x), layer(x))

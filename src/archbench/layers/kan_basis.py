@@ -306,10 +306,19 @@ class BSplineBasis(KANBasis):
         if grid.shape[0] != self.in_features or grid.shape[1] < 2 * self.spline_order + 2:
             raise ValueError(f"grid of shape {tuple(grid.shape)} does not fit this basis")
         self.grid = grid.to(self.grid)
-        steps = self.grid.diff(dim=1)
-        self.uniform = bool(((steps - steps[:, :1]).abs() <= 1e-5 * steps[:, :1].abs()).all())
         self.grid_size = grid.shape[1] - 1 - 2 * self.spline_order
         self.n_basis = self.grid_size + self.spline_order
+        self._refresh_uniform()
+
+    def _refresh_uniform(self) -> None:
+        if self.grid.device.type == "meta":
+            return
+        steps = self.grid.diff(dim=1)
+        self.uniform = bool(((steps - steps[:, :1]).abs() <= 1e-5 * steps[:, :1].abs()).all())
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_uniform()  # a loaded grid may be adaptive
 
 
 # ----- Gaussian RBF (FastKAN) -----------------------------------------------------------
