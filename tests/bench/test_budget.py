@@ -11,7 +11,9 @@ def test_parse_budget_forms():
     assert parse_budget("params=1.5M") == Budget("params", 1.5e6)
     assert parse_budget("flops=300k") == Budget("flops", 3e5)
     assert parse_budget("params=match:resnet_pico") == Budget("params", None, "resnet_pico")
-    assert parse_budget({"kind": "flops", "value": "2M", "tolerance": 0.02}) == Budget("flops", 2e6, None, 0.02)
+    assert parse_budget({"kind": "flops", "value": "2M", "tolerance": 0.02}) == Budget(
+        "flops", 2e6, None, 0.02
+    )
 
 
 @pytest.mark.parametrize(

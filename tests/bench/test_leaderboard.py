@@ -1,6 +1,11 @@
 import math
 
-from archbench.bench.leaderboard import aggregate, leaderboard_markdown, leaderboard_text, within_noise
+from archbench.bench.leaderboard import (
+    aggregate,
+    leaderboard_markdown,
+    leaderboard_text,
+    within_noise,
+)
 from archbench.bench.report import pareto_front
 
 
@@ -37,7 +42,12 @@ def test_noise_marking():
 
 
 def test_failed_runs_are_listed_not_hidden():
-    rows = aggregate([_rec("a", 0, 60), {"model": "b", "seed": 0, "status": "failed_nan", "error": "loss is nan"}])
+    rows = aggregate(
+        [
+            _rec("a", 0, 60),
+            {"model": "b", "seed": 0, "status": "failed_nan", "error": "loss is nan"},
+        ]
+    )
     assert rows[-1]["model"] == "b" and rows[-1]["n"] == 0
     md = leaderboard_markdown(rows)
     assert "failed" in md and "loss is nan" in md

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from .leaderboard import HEADERS, _cells  # noqa: E402
 
@@ -62,6 +63,8 @@ def _scatter(
         ax.legend(loc="lower right", fontsize=8)
     if log and pts and min(p[0] for p in pts) > 0:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(label)
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)
