@@ -83,6 +83,7 @@ def test_end_to_end_skip_and_resume(tmp_path):
         assert (out / "runs" / f"{r['model']}-seed0-{r['key']}" / "model.json").is_file()
     html = (out / "report.html").read_text()
     assert "<svg" in html and 'src="http' not in html and 'href="http' not in html
+    assert "Explanations (Grad-CAM)" in html and "data:image/png;base64," in html
     for name in ("accuracy_vs_macs", "accuracy_vs_latency", "training_curves"):
         assert (out / "plots" / f"{name}.png").is_file() and (
             out / "plots" / f"{name}.svg"

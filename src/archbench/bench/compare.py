@@ -60,7 +60,7 @@ class CompareSpec:
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     measure_batch: int = 64
     data_seed: int = 0
-    explain: bool = False
+    explain: bool = True
     jobs: int = 1
     out: str = "runs/compare"
 
@@ -562,9 +562,43 @@ def _log_result(log: Any, res: dict[str, Any]) -> None:
 def _explain_sections(
     spec: CompareSpec, runs: list[dict], records: list[dict], out: Path
 ) -> list[tuple[str, str]]:
-    """A panel of explanations per model on the same held-out images (needs archbench.explain)."""
-    try:
-        from ..explain.compare_panel import explanation_panel
-    except ImportError:
+    """Grad-CAM of every model (its first completed seed) on the same held-out images."""
+    import base64
+
+    from ..data import load_dataset
+    from ..data.transforms import normalize
+    from ..explain import explain, save_panel, to_display
+    from .runs import load_trained
+
+    done = {}
+    for r in records:
+        if r.get("status") == "completed" and r["model"] not in done:
+            done[r["model"]] = r
+    if not done:
         return []
-    return explanation_panel(spec, runs, records, out)
+    data = load_dataset(spec.data, seed=spec.data_seed)
+    split = data.test if data.test is not None else data.val
+    n = min(6, len(split))
+    raw = split.images[:n].float() / 255.0
+    x = normalize(
+        raw, torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    )
+    labels = split.labels[:n]
+    maps = {}
+    for name in spec.models:
+        if name in done:
+            model, _ = load_trained(done[name]["run_dir"])
+            maps[name] = explain(model, x, targets=labels, method="gradcam")
+    names = [f"{data.class_names[int(y)]}" for y in labels]
+    path = save_panel(
+        out / "plots" / "explanations.png",
+        [to_display(r) for r in raw],
+        maps,
+        row_labels=names,
+        title="Grad-CAM for the true class, same held-out images, each model's first seed",
+    )
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    body = (
+        f"<img alt='Grad-CAM panel' style='max-width:100%' src='data:image/png;base64,{encoded}'>"
+    )
+    return [("Explanations (Grad-CAM)", body)]

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='JSON: per-model keyword arguments, e.g. \'{"vit_pico": {"depth": 4}}\'',
     )
     p.add_argument("--out", help="output folder (default runs/compare)")
+    p.add_argument("--no-explain", action="store_true", help="leave the Grad-CAM panel out of the report")
     p.set_defaults(func=run)
 
 
@@ -55,6 +56,8 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
         value = getattr(args, key)
         if value is not None:
             data[key] = value
+    if args.no_explain:
+        data["explain"] = False
     if args.model_kwargs:
         try:
             data["model_kwargs"] = json.loads(args.model_kwargs)
