@@ -26,3 +26,15 @@ def test_horizontal_mixing_stays_in_its_row():
     (g,) = torch.autograd.grad(mix(x)[0, 0, 2, 1], x)
     touched = g[0].abs().sum(0) > 0
     assert touched[2].all() and not touched[[0, 1, 3, 4]].any()
+
+
+def test_cross_scale_embedding_equals_unfold_then_linear():
+    from archbench.models.raftmlp import CrossScaleEmbedding
+
+    emb = CrossScaleEmbedding(3, 5, (2, 4))
+    x = torch.randn(1, 3, 8, 8)
+    cols = [torch.nn.functional.unfold(x, k, padding=(k - 2) // 2, stride=2) for k in (2, 4)]
+    weight = torch.cat([c.weight.flatten(1) for c in emb.convs], dim=1)
+    expected = (weight @ torch.cat(cols, dim=1)).view(1, 5, 4, 4)
+    expected = expected + emb.convs[0].bias.view(1, 5, 1, 1)
+    torch.testing.assert_close(emb(x), expected, rtol=1e-5, atol=1e-5)

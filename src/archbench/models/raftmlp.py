@@ -13,10 +13,9 @@ with a linear layer and stacks blocks of
 The token MLPs are sized for the grid, so a model is tied to its ``img_size``; features
 are LayerNorm-ed and averaged for the linear head.
 
-Deviation: the paper's best models replace the linear patch embedding with a cross-scale
-MLP embedding whose exact layout was not available here; archbench keeps the linear
-embedding of the basic RaftMLP and registers only a CPU-scale variant (no canonical
-parameter count is claimed).
+The canonical S / M / L variants use the release's cross-scale embedding (patches of two
+sizes around each cell, one linear layer) and its layer tables; the CPU variant uses the
+plain linear patch embedding.
 """
 
 from __future__ import annotations
@@ -81,6 +80,28 @@ class RaftTokenMixing(nn.Module):
         return x + self.drop_path(t.reshape(b, c, h, w))
 
 
+class CrossScaleEmbedding(nn.Module):
+    """RaftMLP's cross-scale embedding: patches of several sizes around each ``stride`` cell.
+
+    The release concatenates unfolded ``k x k`` neighbourhoods (padding ``(k - stride)/2``)
+    for every ``k`` in ``kernels`` and applies one linear layer; that equals a sum of
+    convolutions with one bias, which is how it is computed here.
+    """
+
+    def __init__(self, cin: int, cout: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        stride = min(kernels)
+        if any(k % stride or (k - stride) % 2 for k in kernels):
+            raise ValueError(f"embedding kernels {kernels} must be multiples of {stride}")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin, cout, k, stride, (k - stride) // 2, bias=i == 0)
+            for i, k in enumerate(kernels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(conv(x) for conv in self.convs)
+
+
 class _ChannelMixing(nn.Module):
     def __init__(self, dim: int, ratio: float, drop: float, drop_path: float) -> None:
         super().__init__()
@@ -100,6 +121,7 @@ class RaftMLP(ImageClassifier):
         dims: tuple[int, ...] = (64, 128, 256, 512),
         depths: tuple[int, ...] = (2, 2, 6, 2),
         raft_size: int = 2,
+        embedding_kernels: tuple[tuple[int, ...], ...] | None = None,
         token_expansion: float = 2.0,
         channel_expansion: float = 4.0,
         num_classes: int = 1000,
@@ -126,7 +148,14 @@ class RaftMLP(ImageClassifier):
         for i, (p, dim, depth) in enumerate(zip(patch_sizes, dims, depths)):
             grid = (grid[0] // p, grid[1] // p)
             reduction *= p
-            layers: list[nn.Module] = [nn.Conv2d(cin, dim, p, p)]  # linear patch embedding
+            if embedding_kernels is None:  # linear patch embedding
+                layers: list[nn.Module] = [nn.Conv2d(cin, dim, p, p)]
+            else:
+                if min(embedding_kernels[i]) != p:
+                    raise ValueError(
+                        f"level {i}: the smallest embedding kernel must equal patch size {p}"
+                    )
+                layers = [CrossScaleEmbedding(cin, dim, embedding_kernels[i])]
             for j in range(depth):
                 dp = dprs[i][j]
                 layers += [
@@ -159,6 +188,33 @@ class RaftMLP(ImageClassifier):
 
 
 _PAPER = "RaftMLP: How Much Can Be Done Without Attention and with Less Spatial Locality?"
+_SRC = (
+    "RaftMLP paper (ImageNet-1k, 224px); layer tables from the official release's "
+    "imagenet-raft-mlp-cross-mlp-emb-{s,m,l} configs"
+)
+_EMB = ((4, 8), (2, 4), (2, 4), (2,))
+
+
+def _card(params: float) -> ModelCard:
+    return ModelCard("raftmlp", _PAPER, 2022, "mlp", params_m=params, source=_SRC)
+
+
+@register_model(_card(9.9))
+def raftmlp_s(**kwargs: Any) -> RaftMLP:
+    cfg = dict(dims=(64, 128, 256, 512), embedding_kernels=_EMB)
+    return build_model(RaftMLP, cfg, kwargs)
+
+
+@register_model(_card(21.4))
+def raftmlp_m(**kwargs: Any) -> RaftMLP:
+    cfg = dict(dims=(96, 192, 384, 768), embedding_kernels=_EMB)
+    return build_model(RaftMLP, cfg, kwargs)
+
+
+@register_model(_card(36.2))
+def raftmlp_l(**kwargs: Any) -> RaftMLP:
+    cfg = dict(dims=(128, 192, 512, 1024), embedding_kernels=_EMB)
+    return build_model(RaftMLP, cfg, kwargs)
 
 
 @register_model(
