@@ -62,3 +62,13 @@ def test_bad_hierarchy_is_rejected():
         create_model("transhp_pico", num_classes=6, hierarchy=((0, 1),), prompt_blocks=(2,))
     with pytest.raises(ValueError, match="prompt_blocks"):
         create_model("transhp_pico", prompt_blocks=(9,))
+
+
+def test_pos_embed_resized_when_img_size_changes():
+    small = create_model("transhp_pico")
+    big = create_model("transhp_pico", img_size=64)
+    big.load_pos_embed_from(small.pos_embed, (8, 8))
+    torch.testing.assert_close(big.pos_embed[:, 0], small.pos_embed[:, 0])
+    assert big.pos_embed.shape == (1, 1 + 16 * 16, 96)
+    with torch.no_grad():
+        assert big.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

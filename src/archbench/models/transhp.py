@@ -146,6 +146,24 @@ class TransHP(ImageClassifier):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    @staticmethod
+    def resize_pos_embed(
+        pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Resample a (1, 1 + H*W, C) position embedding; the class-token row is kept."""
+        if tuple(old_grid) == tuple(new_grid):
+            return pos_embed
+        cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+        c = grid.shape[-1]
+        grid = grid.reshape(1, *old_grid, c).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+        return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, c)], dim=1)
+
+    def load_pos_embed_from(self, pos_embed: torch.Tensor, old_grid: tuple[int, int]) -> None:
+        """Copy a position embedding trained on another grid, resampled to this model's."""
+        with torch.no_grad():
+            self.pos_embed.copy_(self.resize_pos_embed(pos_embed, old_grid, self.grid_size))
+
     def coarse_targets(self, targets: torch.Tensor) -> list[torch.Tensor]:
         """Coarse label of each fine target, one tensor per prompting level."""
         return [getattr(self, f"coarse_of_fine_{i}")[targets] for i in range(len(self.num_coarse))]
