@@ -502,6 +502,34 @@ class JacobiBasis(_PolynomialBasis):
 # ----- wavelets (Wav-KAN) ---------------------------------------------------------------
 
 
+class _WaveletFunction(torch.autograd.Function):
+    """psi((x - c) / s) with an analytic backward to x, the centres and the log-scales.
+
+    With h = grad * psi'(t): dx = sum_k h / s, dc = -sum_batch h / s, dlog s = -sum_batch h t.
+    """
+
+    @staticmethod
+    def forward(ctx, x, centres, log_scale, basis):  # type: ignore[override]
+        inv_s = torch.exp(-log_scale)
+        t = (x.unsqueeze(-1) - centres) * inv_s
+        ctx.basis = basis
+        ctx.save_for_backward(x, centres, inv_s)
+        return basis.psi(t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, centres, inv_s = ctx.saved_tensors
+        t = (x.unsqueeze(-1) - centres) * inv_s
+        h = grad * ctx.basis.dpsi(t)
+        hs = h * inv_s
+        dims = tuple(range(h.ndim - 2))
+        grad_x = hs.sum(-1) if ctx.needs_input_grad[0] else None
+        grad_c = -hs.sum(dims) if ctx.needs_input_grad[1] else None
+        grad_ls = -(h * t).sum(dims) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_c, grad_ls, None
+
+
 class _WaveletBasis(KANBasis):
     """psi((x - c_k) / s_k) for ``n_basis`` learnable centres and scales per input feature."""
 
@@ -531,10 +559,16 @@ class _WaveletBasis(KANBasis):
     def psi(t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def dpsi(t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        t = (x.unsqueeze(-1) - self.centres) * torch.exp(-self.log_scale)
-        return self.psi(t)
+        c, ls = self.centres.to(x.dtype), self.log_scale.to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or ls.requires_grad):
+            return _WaveletFunction.apply(x, c, ls, self)
+        return self.psi((x.unsqueeze(-1) - c) * torch.exp(-ls))
 
 
 @register_basis("mexican_hat")
@@ -547,6 +581,12 @@ class MexicanHatBasis(_WaveletBasis):
         t2 = t.square()
         return c * (1 - t2) * torch.exp(-0.5 * t2)
 
+    @staticmethod
+    def dpsi(t: torch.Tensor) -> torch.Tensor:
+        c = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
+        t2 = t.square()
+        return c * t * (t2 - 3) * torch.exp(-0.5 * t2)
+
 
 @register_basis("morlet")
 class MorletBasis(_WaveletBasis):
@@ -557,6 +597,12 @@ class MorletBasis(_WaveletBasis):
     @staticmethod
     def psi(t: torch.Tensor) -> torch.Tensor:
         return torch.cos(MorletBasis.omega0 * t) * torch.exp(-0.5 * t.square())
+
+    @staticmethod
+    def dpsi(t: torch.Tensor) -> torch.Tensor:
+        w = MorletBasis.omega0
+        wt = w * t
+        return -(w * torch.sin(wt) + t * torch.cos(wt)) * torch.exp(-0.5 * t.square())
 
 
 def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
