@@ -10,7 +10,7 @@ from archbench.layers.freq_mixers import (
     AdaptiveFrequencyFilter,
     SpectralPoolingAggregationModulation,
     dct_matrix,
-    lowpass_masks,
+    spectral_pooling_filter,
 )
 
 
@@ -50,10 +50,24 @@ def test_dct_is_orthonormal_at_odd_sizes():
         torch.testing.assert_close(m @ m.t(), torch.eye(n, dtype=torch.float64))
 
 
-def test_spam_all_pass_aggregation_is_modulation_of_context():
-    mixer = SpectralPoolingAggregationModulation(4, radii=(2.0,))  # keeps every frequency
-    x = torch.randn(1, 4, 7, 6)
-    expected = mixer.proj(mixer.value(x) * mixer.context(x))
-    torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)
-    masks = lowpass_masks(8, 8, (0.25, 1.0))
-    assert masks[0].sum() < masks[1].sum() and masks[:, 0, 0].tolist() == [1.0, 1.0]
+def test_spam_filter_values():
+    f = spectral_pooling_filter(7, 7, 1.0, 0.7)
+    assert f[3, 3].item() == pytest.approx(0.7)  # DC, inside the circle
+    assert f[3, 4].item() == pytest.approx(1 / 3)  # on the circle
+    assert f[0, 0].item() == pytest.approx(0.3)  # outside
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (6, 9)])
+def test_spam_rfft_path_equals_full_fft_with_shift(size):
+    h, w = size
+    mixer = SpectralPoolingAggregationModulation(6, input_size=(8, 8), radius=2.0)
+    x = torch.randn(2, 6, h, w)
+    feats = mixer.conv(mixer.proj_in(x))
+    ctx = 0
+    for k, chunk in enumerate(feats.split(mixer.chunks, dim=1)):
+        spec = torch.fft.fftshift(torch.fft.fft2(chunk, norm="ortho"), dim=(-2, -1))
+        spec = spec * spectral_pooling_filter(h, w, 2.0, mixer.lambdas[k])
+        pooled = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1)), norm="ortho").real
+        ctx = ctx + mixer.pws[k](pooled)
+    torch.testing.assert_close(mixer(x), mixer.proj_out(feats * ctx), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in mixer.filters) == 3 * 64  # frozen filters at build size

@@ -8,10 +8,10 @@
   al., 2023): an orthonormal 2D DCT, a per-channel spectrum weighting mixed from ``K``
   learned bases by coefficients predicted from the globally pooled input (dynamic
   spectrum weight generation), the inverse DCT, and a 1x1 projection.
-- :class:`SpectralPoolingAggregationModulation` (*SPANet*, Yun & Ro, 2023): a context map
-  is low-pass filtered in the Fourier domain at several cut-off radii (spectral pooling),
-  the filtered maps are aggregated with learned per-channel weights, and the result
-  modulates (multiplies) a value branch before a 1x1 projection.
+- :class:`SpectralPoolingAggregationModulation` (*SPANet*, Yun et al., 2023): channel
+  chunks of a conv feature map are filtered in the Fourier domain by fixed
+  frequency-balancing filters (spectral pooling), aggregated by 1x1 convs into a context,
+  and the context modulates (multiplies) the features before a 1x1 projection.
 
 All transforms use ``norm="ortho"`` and ``irfft2(..., s=(H, W))`` so that odd and even
 sizes round-trip exactly.
@@ -32,7 +32,7 @@ __all__ = [
     "DynamicSpectrumMixer",
     "SpectralPoolingAggregationModulation",
     "dct_matrix",
-    "lowpass_masks",
+    "spectral_pooling_filter",
 ]
 
 
@@ -110,34 +110,80 @@ class DynamicSpectrumMixer(nn.Module):
         return self.proj(mh.t() @ spec @ mw)  # inverse 2D DCT
 
 
-def lowpass_masks(
-    h: int, w: int, radii: tuple[float, ...], device: torch.device | None = None
-) -> torch.Tensor:
-    """(K, h, w//2+1) 0/1 masks keeping frequencies within ``radius`` (a fraction of Nyquist)."""
-    fy = torch.fft.fftfreq(h, device=device).abs().view(-1, 1) * 2  # in [0, 1]
-    fx = torch.fft.rfftfreq(w, device=device).view(1, -1) * 2
-    dist = torch.sqrt(fy**2 + fx**2)
-    return torch.stack([(dist <= r).float() for r in radii])
+def spectral_pooling_filter(h: int, w: int, radius: float, lamb: float) -> torch.Tensor:
+    """SPANet's frequency-balancing filter on a centred (fftshift-ed) h x w spectrum.
+
+    ``lamb`` inside the circle of ``radius`` around DC, ``1 - lamb`` outside it and 1/3 on
+    it (distances in frequency-index units, DC at ``(h // 2, w // 2)``).
+    """
+    rows = torch.arange(h, dtype=torch.float32).view(-1, 1) - h // 2
+    cols = torch.arange(w, dtype=torch.float32).view(1, -1) - w // 2
+    dist = torch.sqrt(rows**2 + cols**2)
+    out = torch.where(dist < radius, lamb, 1.0 - lamb)
+    return torch.where(dist == radius, torch.full_like(out, 1.0 / 3.0), out)
 
 
 @register_mixer("spam")
 class SpectralPoolingAggregationModulation(nn.Module):
-    def __init__(self, dim: int, radii: tuple[float, ...] = (0.125, 0.25, 0.5)) -> None:
+    """SPAM: separable depthwise conv, per-chunk spectral pooling, aggregation, modulation.
+
+    1x1 conv -> (1 x k then k x 1) depthwise convs -> the channels are split into one
+    chunk per ``lambdas`` entry; each chunk is filtered by a fixed frequency-balancing
+    filter (weight ``lamb`` below ``radius``, ``1 - lamb`` above) and mapped back to
+    ``dim`` channels by its own 1x1 conv; the sum (context) multiplies the conv features
+    (modulation) before a 1x1 output conv. With ``input_size`` the filters are stored as
+    frozen parameters, as in the official release (they count as parameters); other input
+    sizes, or no ``input_size``, compute them from ``radius`` and ``lambdas``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_size: tuple[int, int] | None = None,
+        radius: float = 2.0,
+        lambdas: tuple[float, ...] = (0.7, 0.8, 0.9),
+        kernel_size: int = 7,
+    ) -> None:
         super().__init__()
-        if not radii or any(r <= 0 for r in radii):
-            raise ValueError(f"radii must be positive fractions of Nyquist, got {radii}")
-        self.radii = tuple(radii)
-        self.context = nn.Conv2d(dim, dim, 1)
-        self.value = nn.Conv2d(dim, dim, 1)
-        self.agg_weights = nn.Parameter(torch.full((len(radii), dim), 1.0 / len(radii)))
-        self.proj = nn.Conv2d(dim, dim, 1)
+        if not lambdas or len(lambdas) > dim:
+            raise ValueError(f"need 1..{dim} lambdas (one channel chunk each), got {lambdas}")
+        if radius <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"radius must be > 0 and kernel_size odd; got {radius}, {kernel_size}")
+        self.radius, self.lambdas = float(radius), tuple(float(v) for v in lambdas)
+        self.proj_in = nn.Conv2d(dim, dim, 1)
+        pad = kernel_size // 2
+        self.conv = nn.Sequential(
+            nn.Conv2d(dim, dim, (1, kernel_size), padding=(0, pad), groups=dim),
+            nn.Conv2d(dim, dim, (kernel_size, 1), padding=(pad, 0), groups=dim),
+        )
+        # channel chunks as torch.chunk makes them (the release's split)
+        size = -(-dim // len(lambdas))
+        self.chunks = [min(size, dim - i) for i in range(0, dim, size)]
+        if len(self.chunks) != len(lambdas):
+            raise ValueError(f"dim {dim} does not split into {len(lambdas)} channel chunks")
+        self.pws = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in self.chunks)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.filters = nn.ParameterList()
+        if input_size is not None:
+            for lamb in self.lambdas:
+                f = spectral_pooling_filter(*input_size, self.radius, lamb).unsqueeze(0)
+                self.filters.append(nn.Parameter(f, requires_grad=False))
+
+    def _half_filter(self, k: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """Filter k on the rfft2 grid (DC at [0, 0], non-negative column frequencies)."""
+        if len(self.filters) and self.filters[k].shape[-2:] == (h, w):
+            full = self.filters[k][0]
+        else:
+            full = spectral_pooling_filter(h, w, self.radius, self.lambdas[k]).to(device)
+        return torch.fft.ifftshift(full)[:, : w // 2 + 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ctx = self.context(x)
-        spec = torch.fft.rfft2(ctx.float(), norm="ortho")  # (B, C, h, w//2+1)
-        masks = lowpass_masks(h, w, self.radii, x.device)  # (K, h, w//2+1)
-        # aggregate in the spectrum (filtering is linear), then one inverse transform
-        gain = torch.einsum("kc,khw->chw", self.agg_weights.float(), masks)
-        pooled = torch.fft.irfft2(spec * gain, s=(h, w), norm="ortho").to(x.dtype)
-        return self.proj(self.value(x) * pooled)
+        x = self.conv(self.proj_in(x))
+        ctx = 0
+        for k, chunk in enumerate(x.split(self.chunks, dim=1)):
+            spec = torch.fft.rfft2(chunk.float(), norm="ortho")
+            spec = spec * self._half_filter(k, h, w, x.device).float()
+            pooled = torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
+            ctx = ctx + self.pws[k](pooled)
+        return self.proj_out(x * ctx)
