@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archbench.explain import METHODS, deletion_insertion, eigen_projection, explain, faithfulness_table
+from archbench.explain import (
+    METHODS,
+    deletion_insertion,
+    explain,
+    faithfulness_table,
+)
 from archbench.models import create_model
 
 
@@ -14,7 +19,9 @@ def resnet():
 
 def _layer_output(model, x):
     store = {}
-    h = model.get_submodule(model.cam_target).register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    h = model.get_submodule(model.cam_target).register_forward_hook(
+        lambda m, i, o: store.__setitem__("a", o)
+    )
     logits = model(x)
     h.remove()
     return logits, store["a"]
@@ -56,7 +63,9 @@ def test_eigencam_is_first_principal_projection(resnet):
 def test_batched_equals_one_image_at_a_time(resnet, method):
     x = torch.randn(3, 3, 32, 32)
     batched = explain(resnet, x, targets=torch.tensor([1, 2, 3]), method=method, batch_size=5)
-    single = torch.stack([explain(resnet, x[i : i + 1], targets=[1 + i], method=method)[0] for i in range(3)])
+    single = torch.stack(
+        [explain(resnet, x[i : i + 1], targets=[1 + i], method=method)[0] for i in range(3)]
+    )
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
     assert batched.shape == (3, 32, 32) and batched.min() >= 0 and batched.max() <= 1
 
@@ -65,7 +74,9 @@ def test_several_targets_per_image(resnet):
     x = torch.randn(2, 3, 32, 32)
     maps = explain(resnet, x, targets=torch.tensor([[0, 1, 2], [3, 4, 5]]), method="gradcam")
     assert maps.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(maps[:, 1], explain(resnet, x, targets=torch.tensor([1, 4]), method="gradcam"))
+    torch.testing.assert_close(
+        maps[:, 1], explain(resnet, x, targets=torch.tensor([1, 4]), method="gradcam")
+    )
 
 
 def test_maps_change_when_weights_are_randomized():
@@ -78,7 +89,12 @@ def test_maps_change_when_weights_are_randomized():
         if hasattr(m, "reset_parameters") and m is not model:
             m.reset_parameters()
     after = explain(model, x, targets=0, method="gradcam")
-    corr = torch.stack([torch.corrcoef(torch.stack([b.flatten(), a.flatten()]))[0, 1] for b, a in zip(before, after)])
+    corr = torch.stack(
+        [
+            torch.corrcoef(torch.stack([b.flatten(), a.flatten()]))[0, 1]
+            for b, a in zip(before, after)
+        ]
+    )
     assert corr.nan_to_num(0).mean() < 0.9
 
 
@@ -117,8 +133,12 @@ def test_deletion_curve_of_a_perfect_oracle():
     good[:, :16, :16] = 1
     bad = 1 - good
     base = torch.zeros_like(x)
-    r_good = deletion_insertion(model, x, good, targets=torch.zeros(2, dtype=torch.long), baseline=base)
-    r_bad = deletion_insertion(model, x, bad, targets=torch.zeros(2, dtype=torch.long), baseline=base)
+    r_good = deletion_insertion(
+        model, x, good, targets=torch.zeros(2, dtype=torch.long), baseline=base
+    )
+    r_bad = deletion_insertion(
+        model, x, bad, targets=torch.zeros(2, dtype=torch.long), baseline=base
+    )
     assert (r_good["deletion_auc"] < r_bad["deletion_auc"]).all()
     assert (r_good["insertion_auc"] > r_bad["insertion_auc"]).all()
     assert r_good["deletion"].shape == (2, 17)
