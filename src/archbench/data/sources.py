@@ -165,7 +165,13 @@ def _read_class_dirs(
                     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
                     im = im.resize((size, size), Image.BILINEAR)
                     arr = np.asarray(im, dtype=np.uint8)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            except (
+                OSError,
+                UnidentifiedImageError,
+                ValueError,
+                SyntaxError,
+                Image.DecompressionBombError,
+            ) as err:
                 if strict:
                     raise ValueError(f"folder: cannot read image {str(f)!r}: {err}") from None
                 skipped.append(f"{f}: {type(err).__name__}: {err}")
