@@ -26,14 +26,14 @@ def test_shapes_at_odd_and_even_sizes(name, size):
 
 
 @pytest.mark.parametrize("size", [(7, 7), (6, 9)])
-def test_aff_with_unit_mask_is_identity(size):
-    mixer = AdaptiveFrequencyFilter(8, num_groups=4)
-    last = mixer.mask_net[2]
-    torch.nn.init.zeros_(last.weight)
-    with torch.no_grad():  # mask = 1 + 0j for every channel
-        last.bias.copy_(torch.tensor([1.0, 0.0]).repeat(8))
+def test_aff_with_unit_mask_doubles_the_input(size):
+    mixer = AdaptiveFrequencyFilter(8, num_groups=4, sparsity=0.0)
+    with torch.no_grad():  # mask = 1 + 0j everywhere: second layer has zero weights, bias 1
+        mixer.w2.zero_()
+        mixer.b2.zero_()
+        mixer.b2[0] = 1.0
     x = torch.randn(2, 8, *size)
-    torch.testing.assert_close(mixer(x), x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixer(x), 2 * x, rtol=1e-5, atol=1e-5)
 
 
 def test_aff_is_global():

@@ -2,8 +2,8 @@
 
 - :class:`AdaptiveFrequencyFilter` (*Adaptive Frequency Filters As Efficient Global Token
   Mixers*, Huang et al., 2023): rfft2 of the features, multiplied by an instance-adaptive
-  complex mask that a group-wise 1x1 conv -> ReLU -> 1x1 conv network computes from the
-  spectrum itself, then irfft2 back. Equivalent to a large dynamic depthwise convolution.
+  complex mask that a group-wise complex MLP computes from the spectrum itself, then
+  irfft2 back. Equivalent to a large dynamic depthwise convolution.
 - :class:`DynamicSpectrumMixer` (*Dynamic Spectrum Mixer for Visual Recognition*, Hu et
   al., 2023): an orthonormal 2D DCT, a per-channel spectrum weighting mixed from ``K``
   learned bases by coefficients predicted from the globally pooled input (dynamic
@@ -38,29 +38,57 @@ __all__ = [
 
 @register_mixer("aff")
 class AdaptiveFrequencyFilter(nn.Module):
-    def __init__(self, dim: int, num_groups: int = 8, hidden_ratio: float = 1.0) -> None:
+    """AFF token mixer: ``x + irfft2(M(X) * X)`` with ``X = rfft2(x)``.
+
+    The instance-adaptive mask ``M`` is a two-layer complex MLP applied to the spectrum at
+    every frequency, block-diagonal over ``num_groups`` channel groups (complex weights
+    stored as real and imaginary parts), with ReLU on the real and imaginary parts after
+    the first layer and a soft-shrink (``sparsity``) on the output, as in the official
+    release. The identity term is part of the mixer there as well.
+    """
+
+    def __init__(
+        self, dim: int, num_groups: int = 8, hidden_ratio: int = 1, sparsity: float = 0.01
+    ) -> None:
         super().__init__()
         if dim % num_groups:
             raise ValueError(f"dim {dim} must be divisible by num_groups {num_groups}")
-        hidden = max(num_groups, int(2 * dim * hidden_ratio) // num_groups * num_groups)
-        self.mask_net = nn.Sequential(
-            nn.Conv2d(2 * dim, hidden, 1, groups=num_groups),
-            nn.ReLU(),
-            nn.Conv2d(hidden, 2 * dim, 1, groups=num_groups),
-        )
-        self.bias = nn.Parameter(torch.zeros(dim))
+        self.num_groups, self.sparsity = num_groups, sparsity
+        bs = dim // num_groups
+        hidden = bs * hidden_ratio
+        self.w1 = nn.Parameter(0.02 * torch.randn(2, num_groups, bs, hidden))
+        self.b1 = nn.Parameter(0.02 * torch.randn(2, num_groups, hidden))
+        self.w2 = nn.Parameter(0.02 * torch.randn(2, num_groups, hidden, bs))
+        self.b2 = nn.Parameter(0.02 * torch.randn(2, num_groups, bs))
+
+    @staticmethod
+    def _complex_linear(
+        re: torch.Tensor, im: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(re + i im) @ (w0 + i w1) + (b0 + i b1) per group; tensors (B, G, c, H, W)."""
+
+        def mm(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bgchw,gco->bgohw", t, m)
+
+        out_re = mm(re, w[0]) - mm(im, w[1]) + b[0][None, :, :, None, None]
+        out_im = mm(im, w[0]) + mm(re, w[1]) + b[1][None, :, :, None, None]
+        return out_re, out_im
+
+    def mask(self, spec: torch.Tensor) -> torch.Tensor:
+        """The complex mask for a spectrum of shape (B, C, H, W // 2 + 1)."""
+        b, c, fh, fw = spec.shape
+        g = spec.view(b, self.num_groups, c // self.num_groups, fh, fw)
+        re, im = self._complex_linear(g.real, g.imag, self.w1, self.b1)
+        re, im = self._complex_linear(F.relu(re), F.relu(im), self.w2, self.b2)
+        re = F.softshrink(re, self.sparsity).reshape(b, c, fh, fw)
+        im = F.softshrink(im, self.sparsity).reshape(b, c, fh, fw)
+        return torch.complex(re, im)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         spec = torch.fft.rfft2(x.float(), norm="ortho")
-        # group g sees the real and imaginary parts of its own channels
-        b, c, fh, fw = spec.shape
-        g = self.mask_net[0].groups
-        parts = torch.stack((spec.real, spec.imag), dim=2).view(b, g, 2 * c // g, fh, fw)
-        mask = self.mask_net(parts.reshape(b, 2 * c, fh, fw)).view(b, c, 2, fh, fw)
-        spec = spec * torch.complex(mask[:, :, 0], mask[:, :, 1])
-        out = torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
-        return out + self.bias.view(1, -1, 1, 1)
+        out = torch.fft.irfft2(self.mask(spec) * spec, s=(h, w), norm="ortho")
+        return x + out.to(x.dtype)
 
 
 def dct_matrix(n: int, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
