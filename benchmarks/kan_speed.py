@@ -71,6 +71,24 @@ def fwd_bwd_ms(m: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> floa
     return statistics.median(times)
 
 
+def paired_ms(
+    a: nn.Module, b: nn.Module, x: torch.Tensor, warmup: int, repeats: int
+) -> tuple[float, float, float]:
+    """Alternate passes of ``a`` and ``b`` (so load drift on a shared machine hits both).
+
+    Returns the median time of each and the median of the per-round ratios a / b.
+    """
+    ta, tb = [], []
+    for i in range(warmup + repeats):
+        ms_a = fwd_bwd_ms(a, x, 0, 1)
+        ms_b = fwd_bwd_ms(b, x, 0, 1)
+        if i >= warmup:
+            ta.append(ms_a)
+            tb.append(ms_b)
+    ratios = [p / q for p, q in zip(ta, tb)]
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+
+
 def peak_mb(m: nn.Module, x: torch.Tensor) -> float:
     x = x.detach().requires_grad_(True)
     if x.device.type == "cuda":
@@ -116,19 +134,16 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
         kc = KANConv2d(CONV_CH, CONV_CH, 3, padding=1, basis=name, **_opts(name)).to(device)
         ref_c = nn.Conv2d(CONV_CH, CONV_CH * n_feat, 3, padding=1, bias=False).to(device)
         row: dict[str, Any] = {"basis": name, "n_feat": n_feat}
-        for key, m, x in [
-            ("kan_linear", kl, x_lin),
-            ("linear", ref_l, x_lin),
-            ("kan_conv", kc, x_conv),
-            ("conv", ref_c, x_conv),
+        for kind, kan, ref, x, reps in [
+            ("linear", kl, ref_l, x_lin, 3 * repeats),
+            ("conv", kc, ref_c, x_conv, repeats),
         ]:
-            row[f"{key}_params"] = _params(m)
-            row[f"{key}_ms"] = fwd_bwd_ms(m, x, warmup, repeats)
-            row[f"{key}_peak_mb"] = peak_mb(m, x)
-            print(
-                f"  {name} {key}: {row[f'{key}_ms']:.1f} ms, {row[f'{key}_peak_mb']:.0f} MB",
-                flush=True,
-            )
+            ms_kan, ms_ref, ratio = paired_ms(kan, ref, x, warmup, reps)
+            row[f"kan_{kind}_ms"], row[f"{kind}_ms"], row[f"{kind}_ratio"] = ms_kan, ms_ref, ratio
+            row[f"kan_{kind}_params"], row[f"{kind}_params"] = _params(kan), _params(ref)
+            row[f"kan_{kind}_peak_mb"] = peak_mb(kan, x)
+            row[f"{kind}_peak_mb"] = peak_mb(ref, x)
+            print(f"  {name} {kind}: kan {ms_kan:.1f} ms, ref {ms_ref:.1f} ms", flush=True)
         if unfold:
             u = _Unfold(kc)
             row["unfold_conv_ms"] = fwd_bwd_ms(u, x_conv, 1, max(2, repeats // 4))
@@ -138,8 +153,6 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
             row["memory_vs_unfold"] = row["unfold_conv_peak_mb"] / max(
                 row["kan_conv_peak_mb"], 1e-9
             )
-        row["linear_ratio"] = row["kan_linear_ms"] / row["linear_ms"]
-        row["conv_ratio"] = row["kan_conv_ms"] / row["conv_ms"]
         rows.append(row)
         print(
             f"{name:12s} feat={n_feat:2d} linear x{row['linear_ratio']:.2f} "
@@ -156,11 +169,10 @@ def run_kat_tokens(device: torch.device, warmup: int, repeats: int) -> dict[str,
     kan = KANLinear(192, 768, basis="rational", num_groups=8, bias=True).to(device)
     ref = nn.Linear(192, 768).to(device)
     row: dict[str, Any] = {"layer": "GR-KAN 192->768 vs Linear 192->768, (64, 64, 192) tokens"}
+    row["gr_kan_ms"], row["linear_ms"], row["ratio"] = paired_ms(kan, ref, x, warmup, 3 * repeats)
     for key, m in [("gr_kan", kan), ("linear", ref)]:
         row[f"{key}_params"] = _params(m)
-        row[f"{key}_ms"] = fwd_bwd_ms(m, x, warmup, repeats)
         row[f"{key}_peak_mb"] = peak_mb(m, x)
-    row["ratio"] = row["gr_kan_ms"] / row["linear_ms"]
     print(f"GR-KAN tokens x{row['ratio']:.2f}", flush=True)
     return row
 
@@ -191,7 +203,11 @@ def main() -> None:
             "img_size": IMG,
             "conv": f"{CONV_CH}->{CONV_CH}, 3x3, padding 1",
             "linear": f"{LIN_IN}->{LIN_OUT}",
-            "timing": f"forward+backward, median of {args.repeats} after {args.warmup} warm-up",
+            "timing": (
+                "forward+backward; KAN and reference passes alternate; median time of each and "
+                f"median per-round ratio over {3 * args.repeats} (linear) / {args.repeats} (conv) "
+                f"rounds after {args.warmup} warm-up; unfold: {max(2, args.repeats // 4)} passes"
+            ),
             "memory": "peak tensor memory of one forward+backward (profiler allocation events on CPU)",
             "equal_params": "nn.Linear(in, out*n_feat) / nn.Conv2d(in, out*n_feat, 3)",
         },
