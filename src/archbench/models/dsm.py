@@ -27,7 +27,7 @@ _PAPER = "Dynamic Spectrum Mixer for Visual Recognition"
         "dsm",
         _PAPER,
         2023,
-        "metaformer",
+        "mlp",
         scale="cpu",
         img_size=32,
         notes="MetaFormer layout, 3x3/2 stem: 16, 8, 4, 2 grids at 32x32",
