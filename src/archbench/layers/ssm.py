@@ -12,8 +12,10 @@ Two implementations compute it:
   ``h_t = exp(S_t) * h_0 + exp(S_t - m) * sum_{s<=t} exp(m - S_s) x_s`` with ``S`` the
   cumulative sum of log-decays (``cumsum``) and ``m`` half the chunk's total, so every
   exponent stays within float32's range. The loop runs over ``L / T`` chunks instead of
-  ``L`` steps, and each chunk's work is a handful of vectorised ops that stay in cache. Both agree to float
-  tolerance, gradients included (``tests/layers/test_ssm.py``).
+  ``L`` steps, and each chunk's work is a handful of vectorised ops that stay in cache.
+
+Both agree to float tolerance, gradients included (``tests/layers/test_ssm.py``); the
+speed-up is measured by ``benchmarks/selective_scan.py``.
 
 Per-step log-decays are clamped at ``-LOG_DECAY_FLOOR`` (= -10) in both forms: a step
 that keeps less than ``exp(-10)`` (4.5e-5) of the state keeps exactly that much. This
