@@ -163,9 +163,9 @@ def _uniform_local(
 ):
     """Nonzero B-splines of a uniform grid, computed on the ``order + 1`` local values only.
 
-    Returns (index, values, previous-order values): ``values[..., i]`` belongs to basis
-    ``index[..., i]`` of a zero-padded layout (``order + 1`` slots before the first basis).
-    The recursion runs on lists of x-shaped tensors (no tiny trailing dimension).
+    Returns (first, values, previous-order values): ``values[..., i]`` belongs to basis
+    ``first + i`` (zero where that index is outside ``[0, n_basis)``). The recursion runs
+    on lists of x-shaped tensors (no tiny trailing dimension).
     """
     u = (x - lo) * inv_h  # position in grid steps from the first inner knot
     j = torch.floor(u).clamp(-(order + 1), n_basis)
@@ -183,8 +183,21 @@ def _uniform_local(
                 term = right if term is None else term + right
             nxt.append(term / p)
         prev, c = c, nxt
-    idx = (j.long().unsqueeze(-1) + (order + 1)) + torch.arange(order + 1, device=x.device)
-    return idx, torch.stack(c, -1), prev
+    first = j.to(torch.int32)
+    idx, valid = _local_index(first, order, n_basis)
+    return first, idx, torch.stack(c, -1) * valid, prev
+
+
+def _local_index(first: torch.Tensor, order: int, n_basis: int):
+    """Basis indices of the local values, clamped into range, and which of them are real."""
+    idx = first.long().unsqueeze(-1) + torch.arange(order + 1, device=first.device)
+    valid = (idx >= 0) & (idx < n_basis)
+    return idx.clamp_(0, n_basis - 1), valid
+
+
+def _scatter_local(idx: torch.Tensor, vals: torch.Tensor, n_basis: int) -> torch.Tensor:
+    # out-of-range values are zero, so adding them at a clamped index changes nothing
+    return vals.new_zeros(*vals.shape[:-1], n_basis).scatter_add_(-1, idx, vals)
 
 
 class _UniformBSplineFunction(torch.autograd.Function):
@@ -192,23 +205,21 @@ class _UniformBSplineFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo, inv_h, order: int, n_basis: int):  # type: ignore[override]
-        idx, c, prev = _uniform_local(x, lo, inv_h, order, n_basis)
-        width = n_basis + 2 * order + 2
-        out = x.new_zeros(*x.shape, width).scatter_(-1, idx, c)
-        ctx.order = order
+        first, idx, vals, prev = _uniform_local(x, lo, inv_h, order, n_basis)
+        ctx.order, ctx.n_basis = order, n_basis
         # keep only the first index of each input (int32); the others follow it
-        ctx.save_for_backward(idx[..., 0].to(torch.int32), inv_h, *prev)
-        return out[..., order + 1 : order + 1 + n_basis]
+        ctx.save_for_backward(first, inv_h, *prev)
+        return _scatter_local(idx, vals, n_basis)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         first, inv_h, *prev = ctx.saved_tensors
         k = ctx.order
-        idx = first.long().unsqueeze(-1) + torch.arange(k + 1, device=first.device)
         if k == 0 or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        g = torch.nn.functional.pad(grad, (k + 1, k + 1)).gather(-1, idx)
+        idx, valid = _local_index(first, k, ctx.n_basis)
+        g = grad.gather(-1, idx) * valid
         # d/du of the order-k local values: N_{i-1}^{k-1} - N_i^{k-1}
         dx = g[..., 0] * -prev[0] + g[..., k] * prev[k - 1]
         for i in range(1, k):
@@ -278,9 +289,8 @@ class BSplineBasis(KANBasis):
         inv_h = 1.0 / (grid[:, k + 1] - grid[:, k])
         if torch.is_grad_enabled() and x.requires_grad:
             return _UniformBSplineFunction.apply(x, lo, inv_h, k, self.n_basis)
-        idx, c, _ = _uniform_local(x, lo, inv_h, k, self.n_basis)
-        out = x.new_zeros(*x.shape, self.n_basis + 2 * k + 2).scatter_(-1, idx, c)
-        return out[..., k + 1 : k + 1 + self.n_basis]
+        _, idx, vals, _ = _uniform_local(x, lo, inv_h, k, self.n_basis)
+        return _scatter_local(idx, vals, self.n_basis)
 
     @torch.no_grad()
     def grid_from_samples(self, x: torch.Tensor, grid_size: int, grid_eps: float) -> torch.Tensor:
