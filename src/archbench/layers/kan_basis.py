@@ -522,16 +522,17 @@ class _WaveletFunction(torch.autograd.Function):
     def forward(ctx, x, centres, log_scale, basis):  # type: ignore[override]
         inv_s = torch.exp(-log_scale)
         t = (x.unsqueeze(-1) - centres) * inv_s
-        ctx.basis = basis
-        ctx.save_for_backward(x, centres, inv_s)
-        return basis.psi(t)
+        psi, dpsi = basis.psi_and_dpsi(t)
+        # psi'(t) shares its costly factors with psi(t): keep it rather than recompute
+        ctx.save_for_backward(x, centres, inv_s, dpsi)
+        return psi
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, centres, inv_s = ctx.saved_tensors
+        x, centres, inv_s, dpsi = ctx.saved_tensors
         t = (x.unsqueeze(-1) - centres) * inv_s
-        h = grad * ctx.basis.dpsi(t)
+        h = grad * dpsi
         hs = h * inv_s
         dims = tuple(range(h.ndim - 2))
         grad_x = hs.sum(-1) if ctx.needs_input_grad[0] else None
@@ -573,6 +574,10 @@ class _WaveletBasis(KANBasis):
     def dpsi(t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cls.psi(t), cls.dpsi(t)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         c, ls = self.centres.to(x.dtype), self.log_scale.to(x.dtype)
@@ -597,6 +602,12 @@ class MexicanHatBasis(_WaveletBasis):
         t2 = t.square()
         return c * t * (t2 - 3) * torch.exp(-0.5 * t2)
 
+    @classmethod
+    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t2 = t.square()
+        ce = (2.0 / (math.sqrt(3.0) * math.pi**0.25)) * torch.exp(-0.5 * t2)
+        return ce * (1 - t2), ce * t * (t2 - 3)
+
 
 @register_basis("morlet")
 class MorletBasis(_WaveletBasis):
@@ -613,6 +624,13 @@ class MorletBasis(_WaveletBasis):
         w = MorletBasis.omega0
         wt = w * t
         return -(w * torch.sin(wt) + t * torch.cos(wt)) * torch.exp(-0.5 * t.square())
+
+    @classmethod
+    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = torch.exp(-0.5 * t.square())
+        wt = cls.omega0 * t
+        ce = torch.cos(wt) * e
+        return ce, -(cls.omega0 * torch.sin(wt) * e + t * ce)
 
 
 def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
