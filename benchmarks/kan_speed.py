@@ -185,6 +185,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bases", nargs="*", default=sorted(BASES))
     ap.add_argument("--no-unfold", action="store_true")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only these bases' rows in an existing output file (keep the others)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kan_speed.json"))
     args = ap.parse_args()
     if args.threads:
@@ -216,6 +221,13 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        fresh = {r["basis"] for r in rows}
+        kept = [r for r in old["rows"] if r["basis"] not in fresh]
+        rows = sorted(kept + rows, key=lambda r: r["basis"])
+        result["rows"] = rows
+        result["merged"] = {"previous_conditions": old["conditions"], "replaced": sorted(fresh)}
     out.write_text(json.dumps(result, indent=2))
     print(
         f"\n{'basis':12s} {'lin x':>6s} {'conv x':>7s} {'unfold/ours':>12s} {'mem ours/conv':>14s}"
