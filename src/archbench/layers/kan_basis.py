@@ -652,21 +652,21 @@ def _rational_forward(
 class _RationalFunction(torch.autograd.Function):
     """P(x) / (1 + |Q(x)|) per group with an analytic backward (what KAT's kernel computes).
 
-    Only ``x`` and the coefficients are saved; the backward recomputes P and Q and gives
+    The forward keeps x, P(x) and Q(x); the backward gives
     dF/dx = (P' (1 + |Q|) - P sign(Q) Q') / (1 + |Q|)^2, dF/da_i = x^i / (1 + |Q|) and
     dF/db_j = -P sign(Q) x^(j+1) / (1 + |Q|)^2, reduced over each group's elements.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, a, b)
-        return _rational_forward(x, a, b)[0]
+        out, p, q = _rational_forward(x, a, b)
+        ctx.save_for_backward(x, a, b, p, q)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, a, b = ctx.saved_tensors
-        _, p, q = _rational_forward(x, a, b)
+        x, a, b, p, q = ctx.saved_tensors
         inv = 1 / (1 + q.abs())
         # the common factor of the denominator terms: -grad P sign(Q) / (1 + |Q|)^2
         u = -grad * p * torch.sign(q) * inv * inv
