@@ -2,7 +2,7 @@
 
 An image is a set of points: each pixel's colour plus its (x, y) position in [-0.5, 0.5]
 is a 5-d point. A point reducer (a 4x4/4 conv) groups points, then four stages of
-MetaFormer-style blocks with the context-cluster token mixer
+``archbench.layers.MetaFormerBlock`` with the context-cluster token mixer
 (``archbench.layers.context_cluster``), GroupNorm(1) norms, GELU MLPs and layer scale
 1e-5; stages are joined by 3x3/2 point reducers. GroupNorm(1), average pool and a linear
 head classify.
@@ -18,38 +18,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import DropPath, LayerScale2d, drop_path_rates
-from ..layers.context_cluster import ContextCluster
+from ..layers import MetaFormerBlock, drop_path_rates
+from ..layers.context_cluster import ContextCluster  # noqa: F401  (registers the mixer)
 from ..layers.norm import GroupNorm1
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["ContextClusterNet"]
-
-
-class _ClusterBlock(nn.Module):
-    def __init__(
-        self, dim: int, mlp_ratio: float, cluster: dict, drop: float, drop_path: float
-    ) -> None:
-        super().__init__()
-        self.norm1 = GroupNorm1(dim)
-        self.token_mixer = ContextCluster(dim, **cluster)
-        self.layer_scale1 = LayerScale2d(dim, 1e-5)
-        self.norm2 = GroupNorm1(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1),
-            nn.GELU(),
-            nn.Dropout(drop),
-            nn.Conv2d(hidden, dim, 1),
-            nn.Dropout(drop),
-        )
-        self.layer_scale2 = LayerScale2d(dim, 1e-5)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.layer_scale1(self.token_mixer(self.norm1(x))))
-        return x + self.drop_path(self.layer_scale2(self.mlp(self.norm2(x))))
 
 
 class ContextClusterNet(ImageClassifier):
@@ -94,7 +69,18 @@ class ContextClusterNet(ImageClassifier):
                 heads=heads[i], head_dim=head_dims[i], proposal=proposals[i], fold=folds[i]
             )
             layers += [
-                _ClusterBlock(dims[i], mlp_ratios[i], cluster, drop_rate, dprs[i][j])
+                MetaFormerBlock(
+                    dims[i],
+                    token_mixer="context_cluster",
+                    mixer_kwargs=cluster,
+                    mlp_ratio=mlp_ratios[i],
+                    mlp_act="gelu",
+                    mlp_bias=True,
+                    norm="groupnorm1",
+                    drop=drop_rate,
+                    drop_path=dprs[i][j],
+                    layer_scale_init=1e-5,
+                )
                 for j in range(depths[i])
             ]
             self.stages.append(nn.Sequential(*layers))
