@@ -158,20 +158,9 @@ class _BSplineFunction(torch.autograd.Function):
         return k * (grad * (left - right)).sum(-1), None, None
 
 
-def _uniform_local(
-    x: torch.Tensor, lo: torch.Tensor, inv_h: torch.Tensor, order: int, n_basis: int
-):
-    """Nonzero B-splines of a uniform grid, computed on the ``order + 1`` local values only.
-
-    Returns (first, values, previous-order values): ``values[..., i]`` belongs to basis
-    ``first + i`` (zero where that index is outside ``[0, n_basis)``). The recursion runs
-    on lists of x-shaped tensors (no tiny trailing dimension).
-    """
-    u = (x - lo) * inv_h  # position in grid steps from the first inner knot
-    j = torch.floor(u).clamp(-(order + 1), n_basis)
-    t = u - j
+def _local_recursion(t: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """The ``order + 1`` non-zero cardinal B-splines at local coordinate ``t`` in [0, 1)."""
     c: list[torch.Tensor] = [torch.ones_like(t)]
-    prev = c
     for p in range(1, order + 1):
         nxt = []
         for i in range(p + 1):
@@ -182,10 +171,54 @@ def _uniform_local(
                 right = c[i] * ((i + 1) - t)
                 term = right if term is None else term + right
             nxt.append(term / p)
-        prev, c = c, nxt
+        c = nxt
+    return c
+
+
+def _local_values(t: torch.Tensor, order: int) -> list[torch.Tensor]:
+    if order != 3:
+        return _local_recursion(t, order)
+    # cubic closed form; the four values sum to one
+    t2 = t * t
+    t3 = t2 * t
+    s = 1 - t
+    c0 = s * s * s * (1 / 6)
+    c1 = t3 * 0.5 - t2 + 2 / 3
+    c3 = t3 * (1 / 6)
+    return [c0, c1, 1 - c0 - c1 - c3, c3]
+
+
+def _local_derivatives(t: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """d/dt of the local values: N_{i-1}^{k-1} - N_i^{k-1} (closed form for cubics)."""
+    if order == 3:
+        t2 = t * t
+        s = 1 - t
+        d0 = s * s * -0.5
+        d1 = t2 * 1.5 - 2 * t
+        d3 = t2 * 0.5
+        return [d0, d1, -(d0 + d1 + d3), d3]
+    prev = _local_recursion(t, order - 1)
+    out = [-prev[0]]
+    out += [prev[i - 1] - prev[i] for i in range(1, order)]
+    return out + [prev[order - 1]]
+
+
+def _uniform_local(
+    x: torch.Tensor, lo: torch.Tensor, inv_h: torch.Tensor, order: int, n_basis: int
+):
+    """Nonzero B-splines of a uniform grid, computed on the ``order + 1`` local values only.
+
+    Returns (first, index, values, t): ``values[..., i]`` belongs to basis ``first + i``
+    (zero where that index is outside ``[0, n_basis)``; ``index`` is clamped into range)
+    and ``t`` is the local coordinate. The values are computed on x-shaped tensors (no
+    tiny trailing dimension).
+    """
+    u = (x - lo) * inv_h  # position in grid steps from the first inner knot
+    j = torch.floor(u).clamp(-(order + 1), n_basis)
+    t = u - j
     first = j.to(torch.int32)
     idx, valid = _local_index(first, order, n_basis)
-    return first, idx, torch.stack(c, -1) * valid, prev
+    return first, idx, torch.stack(_local_values(t, order), -1) * valid, t
 
 
 def _local_index(first: torch.Tensor, order: int, n_basis: int):
@@ -205,25 +238,25 @@ class _UniformBSplineFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo, inv_h, order: int, n_basis: int):  # type: ignore[override]
-        first, idx, vals, prev = _uniform_local(x, lo, inv_h, order, n_basis)
+        first, idx, vals, t = _uniform_local(x, lo, inv_h, order, n_basis)
         ctx.order, ctx.n_basis = order, n_basis
-        # keep only the first index of each input (int32); the others follow it
-        ctx.save_for_backward(first, inv_h, *prev)
+        # keep the first index of each input (int32) and its local coordinate only
+        ctx.save_for_backward(first, t, inv_h)
         return _scatter_local(idx, vals, n_basis)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        first, inv_h, *prev = ctx.saved_tensors
+        first, t, inv_h = ctx.saved_tensors
         k = ctx.order
         if k == 0 or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         idx, valid = _local_index(first, k, ctx.n_basis)
         g = grad.gather(-1, idx) * valid
-        # d/du of the order-k local values: N_{i-1}^{k-1} - N_i^{k-1}
-        dx = g[..., 0] * -prev[0] + g[..., k] * prev[k - 1]
-        for i in range(1, k):
-            dx = dx + g[..., i] * (prev[i - 1] - prev[i])
+        d = _local_derivatives(t, k)
+        dx = g[..., 0] * d[0]
+        for i in range(1, k + 1):
+            dx = dx + g[..., i] * d[i]
         return dx * inv_h, None, None, None, None
 
 
