@@ -180,3 +180,21 @@ def test_bf16_autocast_and_sgd_run(tmp_path, data):
     recipe = FAST.replace(epochs=1, precision="bf16", optimizer="sgd", lr=0.05, grad_clip=1.0)
     res = fit(_model(), data, recipe, tmp_path, progress=False)
     assert res.status == "completed" and math.isfinite(res.history[0]["train_loss"])
+
+
+def test_model_extra_loss_is_added_to_the_task_loss(tmp_path):
+    """Families with an auxiliary objective expose it through ImageClassifier.extra_loss."""
+    torch.manual_seed(0)
+    data = load_dataset("shapes:n_train=64,n_val=32,n_test=32", seed=0)
+    model = create_model("widenet_pico", num_classes=data.num_classes)
+    calls = []
+    original = model.extra_loss
+
+    def spy(targets):
+        value = original(targets)
+        calls.append(float(value.detach()))
+        return value
+
+    model.extra_loss = spy
+    fit(model, data, FAST.replace(epochs=1, batch_size=32), tmp_path, progress=False)
+    assert len(calls) == 2 and all(c > 0 for c in calls)  # one per step: 64 images, batch 32

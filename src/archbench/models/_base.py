@@ -120,6 +120,15 @@ class ImageClassifier(nn.Module):
             )
         return spatial.transpose(1, 2).reshape(spatial.shape[0], spatial.shape[2], side, side)
 
+    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """A loss the model adds to the task loss for its last forward pass, or None.
+
+        ``targets`` are the (B, num_classes) soft targets of that batch (after label
+        smoothing and mixing). The training engine adds the returned value; families with
+        an auxiliary objective (MoE load balancing, hierarchical prompts) override this.
+        """
+        return None
+
     def no_weight_decay(self) -> set[str]:
         """Names of parameters that optimizers should not decay (beyond norms and biases)."""
         return set()

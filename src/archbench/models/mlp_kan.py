@@ -121,6 +121,7 @@ class MLPKAN(ImageClassifier):
         top_k: int = 2,
         kan_basis: str = "rswaf",
         kan_n_basis: int = 8,
+        aux_loss_weight: float = 0.01,
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int = 224,
@@ -129,6 +130,7 @@ class MLPKAN(ImageClassifier):
     ) -> None:
         super().__init__()
         self.num_classes, self.in_chans = num_classes, in_chans
+        self.aux_loss_weight = aux_loss_weight
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.fixed_input_size = self.patch_embed.img_size
         self.num_prefix_tokens = 1
@@ -162,6 +164,14 @@ class MLPKAN(ImageClassifier):
     def aux_loss(self) -> torch.Tensor:
         """Sum of the blocks' load-balancing terms from the last training pass."""
         return sum((b.mlp.aux_loss for b in self.blocks), torch.zeros(()))
+
+    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """The weighted load-balancing loss, added to the task loss by the training engine."""
+        return (
+            self.aux_loss_weight * self.aux_loss()
+            if self.training and self.aux_loss_weight
+            else None
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

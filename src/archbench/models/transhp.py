@@ -178,6 +178,22 @@ class TransHP(ImageClassifier):
         ]
         return self.prompt_loss_weight * torch.stack(losses).sum()
 
+    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """The prompt loss for the training engine, from (B, num_classes) soft targets.
+
+        A coarse class's soft target is the sum of its fine classes' (so label smoothing
+        and Mixup/CutMix carry over to the coarse levels).
+        """
+        if not self.training or not self.coarse_logits:
+            return None
+        losses = []
+        for i, logits in enumerate(self.coarse_logits):
+            fine_to_coarse = getattr(self, f"coarse_of_fine_{i}")
+            coarse = targets.new_zeros(targets.shape[0], logits.shape[-1])
+            coarse.index_add_(1, fine_to_coarse, targets)
+            losses.append(F.cross_entropy(logits, coarse))
+        return self.prompt_loss_weight * torch.stack(losses).sum()
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         b = x.shape[0]

@@ -99,6 +99,10 @@ class WideNet(ImageClassifier):
         """Weighted load-balancing loss of the last forward pass (add it to the task loss)."""
         return self.aux_loss
 
+    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """The training engine adds the load-balancing loss through this hook."""
+        return self.aux_loss if self.training else None
+
     @staticmethod
     def resize_pos_embed(
         pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]

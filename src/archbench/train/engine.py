@@ -422,6 +422,11 @@ def _fit(
                 v = term(logits, t, x, model)
                 term_vals[getattr(term, "name", type(term).__name__)] = float(v.detach())
                 total = total + v
+            model_extra = getattr(model, "extra_loss", None)
+            extra = model_extra(t) if callable(model_extra) else None
+            if extra is not None:  # e.g. MoE load balancing, hierarchical prompt losses
+                term_vals["model_extra_loss"] = float(extra.detach())
+                total = total + extra
             bad = not math.isfinite(float(total.detach()))
             if not bad:
                 optimizer.zero_grad(set_to_none=True)
