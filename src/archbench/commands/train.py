@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, help="override the recipe's seed (also seeds the data split)"
     )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        help="seed of the train/val/test split when it should differ from --seed "
+        "(a comparison keeps one split for every training seed)",
+    )
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override other recipe fields")
@@ -76,7 +82,8 @@ def run_train(args: argparse.Namespace) -> int:
             changes[key] = value
     if changes:
         recipe = recipe.replace(**changes)
-    data = load_dataset(args.data, seed=recipe.seed)
+    data_seed = recipe.seed if args.data_seed is None else args.data_seed
+    data = load_dataset(args.data, seed=data_seed)
     kwargs = dict(
         num_classes=data.num_classes,
         in_chans=data.in_chans,
@@ -86,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     kwargs.update(parse_kv(args.model_arg, "--model-arg"))
     out = Path(args.out)
-    info = {"model": args.model, "kwargs": kwargs, "data": args.data, "data_seed": recipe.seed}
+    info = {"model": args.model, "kwargs": kwargs, "data": args.data, "data_seed": data_seed}
     model_json = out / "model.json"
     if model_json.is_file() and not args.fresh:
         old = json.loads(model_json.read_text())
