@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.add_argument(
-        "--spec", help="a YAML file with the same keys as these options (models, data, ...)"
+        "--spec",
+        help="a YAML file with the same keys as these options (models, data, ...), or the name "
+        "of a shipped preset (e.g. kan-vs-mlp-params)",
     )
     p.add_argument(
         "--data", help="dataset spec, e.g. shapes, digits, folder:/path (default shapes)"
@@ -37,14 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='JSON: per-model keyword arguments, e.g. \'{"vit_pico": {"depth": 4}}\'',
     )
     p.add_argument("--out", help="output folder (default runs/compare)")
-    p.add_argument("--no-explain", action="store_true", help="leave the Grad-CAM panel out of the report")
+    p.add_argument(
+        "--no-explain", action="store_true", help="leave the Grad-CAM panel out of the report"
+    )
     p.set_defaults(func=run)
 
 
 def spec_from_args(args: argparse.Namespace) -> CompareSpec:
     data: dict = {}
     if args.spec:
-        base = CompareSpec.from_file(args.spec)
+        base = _load_spec(args.spec)
         data = base.to_dict()
         if args.models:
             data["models"] = list(args.models)
@@ -64,6 +68,21 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
         except json.JSONDecodeError as err:
             raise ValueError(f"--model-kwargs is not valid JSON: {err}") from None
     return CompareSpec.from_dict(data)
+
+
+def _load_spec(spec: str) -> CompareSpec:
+    """A spec file path, or else the name of a shipped preset."""
+    from pathlib import Path
+
+    from archbench.bench.presets import list_presets, load_preset
+
+    if Path(spec).is_file():
+        return CompareSpec.from_file(spec)
+    if spec in list_presets():
+        return load_preset(spec)
+    raise ValueError(
+        f"--spec {spec!r} is neither a file nor a preset; presets: {', '.join(list_presets())}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,6 +77,9 @@ class FlatNet(ImageClassifier):
     flattened models keep the feature-map contract; its reduction is the image size.
     """
 
+    # scaled together by matched-budget comparisons (archbench.bench.budget)
+    width_args = ("hidden",)
+
     def __init__(
         self,
         hidden: tuple[int, ...] = (32,),
