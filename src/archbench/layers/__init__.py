@@ -34,6 +34,7 @@ from .mixers import (
 from .mlp import ConvMlp, Mlp
 from .norm import NORM_LAYERS, GroupNorm1, LayerNorm2d, LayerNormNoBias, create_norm
 from .patch_embed import PatchEmbed
+from .pos_embed import resample_pos_embed
 
 __all__ = [
     "ACT_LAYERS",
@@ -70,6 +71,7 @@ __all__ = [
     "make_divisible",
     "reference_attention",
     "register_attn",
+    "resample_pos_embed",
     "register_mixer",
     "to_2tuple",
 ]

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed, drop_path_rates
+from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
 
@@ -135,12 +135,9 @@ class ParallelViT(ImageClassifier):
         pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
     ) -> torch.Tensor:
         """Bicubically resample a (1, H*W, C) patch position embedding to another grid."""
-        if tuple(old_grid) == tuple(new_grid):
-            return pos_embed
-        c = pos_embed.shape[-1]
-        grid = pos_embed.reshape(1, *old_grid, c).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-        return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c)
+        return resample_pos_embed(
+            pos_embed, new_grid, old_grid, num_prefix_tokens=0, antialias=False
+        )
 
     def load_pos_embed_from(self, pos_embed: torch.Tensor, old_grid: tuple[int, int]) -> None:
         """Copy a position embedding trained on another grid, resampled to this model's."""

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..layers import DropPath, Mlp, drop_path_rates
 from ..layers.attention_variants import SpatialReductionAttention
+from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
 
@@ -27,11 +27,7 @@ __all__ = ["PyramidVisionTransformer", "resize_pos_embed"]
 
 def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
     """Bilinearly resize a (1, H*W, C) grid position embedding from ``src`` to ``dst``."""
-    if src == dst:
-        return pos
-    grid = pos.reshape(1, src[0], src[1], -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=dst, mode="bilinear", align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
+    return resample_pos_embed(pos, dst, src, num_prefix_tokens=0, antialias=False, mode="bilinear")
 
 
 class SRBlock(nn.Module):

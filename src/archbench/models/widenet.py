@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..layers import Attention, DropPath, PatchEmbed
 from ..layers.moe import MoEMlp
+from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
 
@@ -108,14 +108,9 @@ class WideNet(ImageClassifier):
         pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
     ) -> torch.Tensor:
         """Resample a (1, 1 + H*W, C) position embedding; the class-token row is kept."""
-        if tuple(old_grid) == tuple(new_grid):
-            return pos_embed
-        cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
-        c = grid.shape[-1]
-        grid = grid.reshape(1, *old_grid, c).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, c)
-        return torch.cat([cls, grid], dim=1)
+        return resample_pos_embed(
+            pos_embed, new_grid, old_grid, num_prefix_tokens=1, antialias=False
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
