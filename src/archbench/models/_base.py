@@ -84,7 +84,19 @@ class ImageClassifier(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """Default head: global average pool of the NCHW map, ``self.head_drop``, ``self.head``.
+
+        Token models and families with another head override this.
+        """
+        if x.ndim != 4:
+            raise NotImplementedError(
+                f"{type(self).__name__} must define forward_head for {x.ndim}-D features"
+            )
+        x = x.mean((2, 3))
+        drop = getattr(self, "head_drop", None)
+        if drop is not None:
+            x = drop(x)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

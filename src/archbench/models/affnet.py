@@ -155,10 +155,6 @@ class AFFNet(ImageClassifier):
             x = stage(x)
         return self.conv_exp(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _PAPER = "Adaptive Frequency Filters As Efficient Global Token Mixers"
 _SRC = "microsoft/TokenMixers AFFNet README (256px); layer tables from its config/affnet.py"

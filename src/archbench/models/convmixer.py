@@ -83,10 +83,6 @@ class ConvMixer(ImageClassifier):
         self.check_input(x)
         return self.blocks(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _PAPER = "Patches Are All You Need?"
 _SRC = "paper Table 1 and the official release README (ImageNet-1k, 224px, params and top-1)"

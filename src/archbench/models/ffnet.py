@@ -279,10 +279,6 @@ class FFNet(ImageClassifier):
             x = stage(x)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _PAPER = "MetaMixer Is All You Need"
 _SRC = "FFNet official README (ysj9909/FFNet), ImageNet-1k 256px (FFNet-4: 384px)"

@@ -194,10 +194,6 @@ class _InceptionBase(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(num_features, self.num_classes) if self.num_classes else nn.Identity()
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 class InceptionV3(_InceptionBase):
     """Inception-v3. In training mode with ``aux_logits=True`` the auxiliary classifier's

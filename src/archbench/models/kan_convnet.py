@@ -116,10 +116,6 @@ class KANVGG(ImageClassifier):
             x = getattr(self, f"stage{i + 1}")(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 class KANBasicBlock(nn.Module):
     """ResKANet basic block: two 3x3 KAN convolutions, a 1x1 KAN projection shortcut."""
@@ -221,10 +217,6 @@ class KANResNet(ImageClassifier):
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
 
 
 _PAPER = "Kolmogorov-Arnold Convolutions: Design Principles and Empirical Studies"

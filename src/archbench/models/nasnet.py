@@ -368,10 +368,6 @@ class NASNet(ImageClassifier):
             outputs.append(cell(outputs[-1], outputs[p]))
         return F.relu(outputs[-1])
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
     def set_drop_path_progress(self, progress: float) -> None:
         """ScheduledDropPath: scale every drop rate by ``progress`` (fraction of training done)."""
         if not 0.0 <= progress <= 1.0:

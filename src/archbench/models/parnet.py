@@ -184,10 +184,6 @@ class ParNet(ImageClassifier):
         y = self.fuse2(self.streams[2](x2), y)
         return self.final(y)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
     def reparameterize(self) -> ParNet:
         """Fuse the conv-BN branches of every block in place (eval mode); returns the model."""
         return reparameterize_model(self)

@@ -171,10 +171,6 @@ class RegNet(ImageClassifier):
         self.check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _REGNET = "Designing Network Design Spaces"
 _SRC = "release (pycls model zoo) parameter count; design parameters from the paper / release"

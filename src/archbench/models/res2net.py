@@ -153,10 +153,6 @@ class Res2Net(ImageClassifier):
         self.check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _R2N = "Res2Net: A New Multi-scale Backbone Architecture"
 

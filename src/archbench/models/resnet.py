@@ -292,10 +292,6 @@ class ResNet(ImageClassifier):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 def _resnet(defaults: dict[str, Any], kwargs: dict[str, Any]) -> ResNet:
     return build_model(ResNet, defaults, kwargs)

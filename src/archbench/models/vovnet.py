@@ -158,10 +158,6 @@ class VoVNet(ImageClassifier):
         self.check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.head(x)
-
 
 _VOV = "An Energy and GPU-Computation Efficient Backbone Network for Real-Time Object Detection"
 _CM = "CenterMask: Real-Time Anchor-Free Instance Segmentation"
