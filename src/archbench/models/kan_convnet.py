@@ -67,6 +67,9 @@ def kan_conv_norm_act(
 class KANVGG(ImageClassifier):
     """VGG-like KAN network: stages of KAN convolutions with 2x2 max-pooling between them."""
 
+    # the widths matched-budget comparisons scale (nested: one tuple of widths per stage)
+    width_args = ("stages",)
+
     def __init__(
         self,
         stages: tuple[tuple[int, ...], ...] = (
