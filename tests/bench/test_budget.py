@@ -51,3 +51,14 @@ def test_scale_hits_target_within_tolerance(kind, target):
 def test_scale_reports_unreachable_target():
     with pytest.raises(ValueError, match="cannot be scaled"):
         scale_to_budget("resnet_pico", "params", 50, img_size=32, in_chans=3, num_classes=10)
+
+
+def test_scaling_keeps_the_comparison_s_other_arguments():
+    deep = scale_to_budget(
+        "resnet_pico", "params", 1e6, 32, 3, 10, base_kwargs={"layers": (2, 2, 2, 2)}
+    )
+    shallow = scale_to_budget("resnet_pico", "params", 1e6, 32, 3, 10)
+    assert "layers" not in deep.kwargs
+    assert abs(deep.rel_error) <= 0.05 and abs(shallow.rel_error) <= 0.05
+    # twice the blocks at the same parameter count means narrower stages
+    assert deep.kwargs["widths"][-1] < shallow.kwargs["widths"][-1]

@@ -121,10 +121,10 @@ def parse_budget(text: str | dict | None) -> Budget:
     return Budget(kind, value)
 
 
-def width_args_of(name: str) -> dict[str, Any]:
-    """The width arguments of variant ``name`` with their default values."""
+def width_args_of(name: str, base_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The width arguments of variant ``name`` (built with ``base_kwargs``) and their values."""
     with torch.device("meta"):
-        model = create_model(name)
+        model = create_model(name, **(base_kwargs or {}))
     args = getattr(model, "build_args", {})
     declared = getattr(type(model), "width_args", None)
     keys = declared if declared else [k for k in WIDTH_ARG_NAMES if k in args]
@@ -204,16 +204,19 @@ def scale_to_budget(
     num_classes: int,
     tolerance: float = 0.05,
     divisors: tuple[int, ...] = (8, 4, 2, 1),
+    base_kwargs: dict[str, Any] | None = None,
 ) -> ScaledModel:
     """Find a width multiplier for ``name`` whose params (or MACs) are within ``tolerance`` of ``target``.
 
     Widths are rounded to multiples of the first of ``divisors`` that reaches the tolerance
     (small models need finer steps). Raises ``ValueError`` with the closest size reached
-    when the model cannot be scaled there.
+    when the model cannot be scaled there. ``base_kwargs`` are other build arguments the
+    comparison gives the model (kept fixed); the result holds only the scaled widths.
     """
     if kind not in ("params", "flops"):
         raise ValueError(f"scale_to_budget handles params and flops, not {kind!r}")
-    base = width_args_of(name)
+    fixed = dict(base_kwargs or {})
+    base = width_args_of(name, fixed)
     if not base:
         raise ValueError(
             f"{name}: no width arguments to scale (its class declares no width_args and has none of "
@@ -221,7 +224,7 @@ def scale_to_budget(
         )
     best: ScaledModel | None = None
     for divisor in divisors:
-        scaled = _search(name, base, kind, target, img_size, in_chans, num_classes, divisor)
+        scaled = _search(name, base, fixed, kind, target, img_size, in_chans, num_classes, divisor)
         if best is None or abs(scaled.rel_error) < abs(best.rel_error):
             best = scaled
         if abs(best.rel_error) <= tolerance:
@@ -237,6 +240,7 @@ def scale_to_budget(
 def _search(
     name: str,
     base: dict[str, Any],
+    fixed: dict[str, Any],
     kind: str,
     target: float,
     img_size: int,
@@ -251,7 +255,8 @@ def _search(
         if key not in cache:
             kwargs = {k: _scale(v, mult, divisor) for k, v in base.items()}
             try:
-                cache[key] = (_measure(name, kwargs, kind, img_size, in_chans, num_classes), kwargs)
+                value = _measure(name, {**fixed, **kwargs}, kind, img_size, in_chans, num_classes)
+                cache[key] = (value, kwargs)
             except (ValueError, RuntimeError, TypeError, ZeroDivisionError):
                 cache[key] = None  # a width this family cannot take (e.g. heads do not divide it)
         return cache[key]

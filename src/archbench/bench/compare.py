@@ -194,9 +194,9 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     recipe = load_recipe(spec.recipe)
     budget = parse_budget(spec.budget)
     if budget.kind == "epochs" and budget.value is not None:
-        recipe = _with_epochs(recipe, int(budget.value))
+        recipe = recipe.replace(epochs=int(budget.value))
     if spec.epochs is not None:
-        recipe = _with_epochs(recipe, spec.epochs)
+        recipe = recipe.replace(epochs=spec.epochs)
     data = load_dataset(spec.data, seed=spec.data_seed)
     img_size = _img_size(data)
     shape = dict(img_size=img_size, in_chans=data.in_chans, num_classes=data.num_classes)
@@ -212,7 +212,12 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         for name in spec.models:
             try:
                 scaled[name] = scale_to_budget(
-                    name, budget.kind, target, tolerance=budget.tolerance, **shape
+                    name,
+                    budget.kind,
+                    target,
+                    tolerance=budget.tolerance,
+                    base_kwargs=spec.model_kwargs.get(name),
+                    **shape,
                 ).to_dict()
             except ValueError as err:
                 errors.append(str(err))
@@ -246,17 +251,13 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             cfg["key"] = _hash(cfg)
             runs.append(cfg)
     context = {
-        "data": data.describe() if hasattr(data, "describe") else {"spec": spec.data},
+        "data": data.describe(),
         "recipe": recipe_dict,
         "budget": budget.to_dict(),
         "budget_target": target,
         "scaled": scaled,
     }
     return runs, context
-
-
-def _with_epochs(recipe: Any, epochs: int) -> Any:
-    return recipe.replace(epochs=epochs)
 
 
 def _img_size(data: Any) -> int:
