@@ -552,7 +552,8 @@ def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
 def _log_result(log: Any, res: dict[str, Any]) -> None:
     if res.get("status") == "completed":
         log(
-            f"  done {res.get('model')} seed {res.get('seed')}: val {res.get('val_top1')} test {res.get('test_top1')}"
+            f"  done {res['model']} seed {res['seed']}: val top-1 {res['val_top1']:.2f}%, "
+            f"test top-1 {res['test_top1']:.2f}%, {res['train_time_s']:.0f} s"
         )
     else:
         log(
