@@ -124,6 +124,15 @@ def test_symbolic_study_rows_and_verdicts():
     assert abs(models["mlp@flops"]["flops"] / models["kan"]["flops"] - 1) <= 0.05
     assert all(r["n"] == 2 and r["test_rmse_std"] is not None for r in out["rows"])
     assert {v["matched"] for v in out["verdicts"]} == {"params", "flops"}
+    # a second study with the same configuration reuses the fits; another one refits
+    logs = []
+    again = symbolic_study(2, cfg, ["product"], log=logs.append, previous=out["records"])
+    assert logs == ["  product      seed 0: reused", "  product      seed 1: reused"]
+    assert again["rows"] == out["rows"]
+    logs.clear()
+    other = SymbolicConfig(n_train=64, n_test=64, steps=1, grids=(3,))
+    symbolic_study(1, other, ["product"], log=logs.append, previous=out["records"])
+    assert not any("reused" in line for line in logs)
 
 
 def test_verdicts_use_seed_noise():

@@ -41,6 +41,7 @@ __all__ = [
     "STUDY_FORMULAS",
     "SymbolicConfig",
     "compare_verdicts",
+    "config_key",
     "fit_regressor",
     "kan_flops",
     "kan_regressor",
@@ -361,16 +362,29 @@ def compare_verdicts(
     return "KAN wins" if better else "KAN loses"
 
 
+def config_key(cfg: SymbolicConfig) -> str:
+    """A short hash of everything in ``cfg`` that changes a fit's result."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d.pop("threads")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def symbolic_study(
     seeds: int = 3,
     config: SymbolicConfig | None = None,
     formulas: list[str] | None = None,
     log: Any = print,
+    previous: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Fit KAN and matched MLPs on every formula for ``seeds`` seeds.
 
     Returns ``records`` (one per fit), ``rows`` (mean and std over seeds per formula and
     model) and ``verdicts`` (KAN against the params-matched and the FLOPs-matched MLP).
+    Fits found in ``previous`` records made with the same configuration are reused.
     """
     cfg = config or SymbolicConfig()
     if seeds < 1:
@@ -379,14 +393,24 @@ def symbolic_study(
     for name in names:
         if name not in cfg.formulas:
             raise ValueError(f"no KAN widths for formula {name!r}; known: {sorted(cfg.formulas)}")
+    key = config_key(cfg)
+    done: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in previous or []:
+        if r.get("config_key") == key:
+            done.setdefault((r["formula"], r["seed"]), []).append(r)
     prev = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     records: list[dict[str, Any]] = []
     try:
         for name in names:
             for seed in range(seeds):
+                if len(done.get((name, seed), [])) == 3:
+                    records += done[(name, seed)]
+                    log(f"  {name:12s} seed {seed}: reused")
+                    continue
                 recs = _fit_one(name, seed, cfg)
                 for r in recs:
+                    r["config_key"] = key
                     log(
                         f"  {name:12s} seed {seed} {r['model']:10s} params {r['params']:6d} "
                         f"flops {r['flops']:7d} test RMSE {r['test_rmse']:.2e} ({r['train_time_s']:.1f} s)"

@@ -148,6 +148,7 @@ def run_image_task(
     sections = [f"## Images: `{task}`\n"]
     wins: list[str] = []
     losses: list[str] = []
+    trained: dict[str, str] = {}  # what was trained -> the preset that trained it
     for base in IMAGE_PRESETS:
         name = base if task == "shapes" else f"{base}-{task}"
         data = load_preset(name).to_dict()
@@ -157,7 +158,23 @@ def run_image_task(
         if epochs is not None:
             data["epochs"] = epochs
         spec = CompareSpec.from_dict(data)
-        _, context = plan_runs(spec)
+        runs, context = plan_runs(spec)
+        what = json.dumps(
+            [[r["model"], r["model_kwargs"], r["data"], r["recipe"], r["seed"]] for r in runs],
+            sort_keys=True,
+        )
+        if what in trained:
+            # e.g. flattened models, whose MACs equal their parameters: the FLOPs-matched
+            # widths are the parameter-matched ones, so those runs are the same runs
+            same = trained[what]
+            print(f"[kan-study] {name}: the same runs as {same}, not trained again")
+            sections.append(
+                f"### `{name}`\n\nMatching {context['budget']['kind']} gives exactly the models, "
+                f"widths, data, recipe and seeds of `{same}` (see above), so its runs are those: "
+                "the same table and verdicts hold.\n"
+            )
+            continue
+        trained[what] = name
         print(f"[kan-study] {name}: {len(spec.models)} models x {len(spec.seed_list)} seeds")
         t0 = time.perf_counter()
         result = run_compare(spec)
@@ -183,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
             else SymbolicConfig()
         )
         print("[kan-study] symbolic regression")
-        result = symbolic_study(seeds=args.seeds, config=cfg)
+        sym_path = out / "symbolic.json"
+        previous = json.loads(sym_path.read_text()) if sym_path.is_file() else []
+        result = symbolic_study(seeds=args.seeds, config=cfg, previous=previous)
         (out / "symbolic.json").write_text(json.dumps(result["records"], indent=1) + "\n")
         text, w, lo = _symbolic_section(result, args.seeds)
         body.append(text)
