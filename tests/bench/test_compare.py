@@ -97,6 +97,15 @@ def test_end_to_end_skip_and_resume(tmp_path):
     assert "2 already complete, 0 to run" in logs[0]
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
+    # measuring again on a quieter machine replaces the speed figures, not the accuracy
+    logs.clear()
+    before = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    run_compare(spec, log=logs.append, remeasure=True)
+    after = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sum("measuring" in line for line in logs) == 2
+    assert [r["test_top1"] for r in after] == [r["test_top1"] for r in before]
+    assert all("load_avg_1m_before" in r["measure_conditions"] for r in after)
+
     # a run whose record was lost (killed before writing it) is redone, resuming its checkpoint
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:40])  # a torn last line

@@ -425,8 +425,12 @@ def _write_spec(out: Path, spec: CompareSpec, context: dict[str, Any]) -> None:
     tmp.replace(out / SPEC_FILE)
 
 
-def run_compare(spec: CompareSpec, log: Any = print) -> dict[str, Any]:
-    """Plan, train, evaluate, measure and report a comparison; return paths and the leaderboard."""
+def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) -> dict[str, Any]:
+    """Plan, train, evaluate, measure and report a comparison; return paths and the leaderboard.
+
+    ``remeasure`` measures speed and memory of already completed runs again (for example
+    on a machine that was busy the first time); accuracy and training are untouched.
+    """
     t_start = time.perf_counter()
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
@@ -484,20 +488,19 @@ def run_compare(spec: CompareSpec, log: Any = print) -> dict[str, Any]:
             **{k: v for k, v in res.items() if k not in ("key", "model", "seed")},
         }
         if res.get("status") == "completed":
-            torch.set_num_threads(cores)
-            record.update(measure_run(cfg, out))
-            record["measure_conditions"] = {
-                "threads": torch.get_num_threads(),
-                "latency_batch": 1,
-                "throughput_batch": cfg["measure_batch"],
-                "memory_batch": cfg["measure_batch"],
-                "mode": "eval, float32, no compile; warm-up excluded",
-            }
+            record.update(_measured(cfg, out, cores))
         record["environment"] = env
         record["reproduce"] = _reproduce_command(cfg, out)
         _append(results_path, record)
 
     records = [r for r in _read_results(results_path) if r.get("key") in {c["key"] for c in runs}]
+    if remeasure:
+        by_key = {c["key"]: c for c in runs}
+        for r in records:
+            if r.get("status") == "completed" and r["key"] not in {c["key"] for c in todo}:
+                log(f"  measuring {r['model']} seed {r['seed']} again")
+                r.update(_measured(by_key[r["key"]], out, cores))
+        _rewrite(results_path, records)
     rows = aggregate(records)
     conditions = (
         f"Data `{spec.data}`, recipe `{spec.recipe}`, budget `{json.dumps(context['budget'])}`, seeds {spec.seed_list}. "
@@ -521,6 +524,29 @@ def run_compare(spec: CompareSpec, log: Any = print) -> dict[str, Any]:
         "out": out,
         "elapsed_s": elapsed,
     }
+
+
+def _measured(cfg: dict[str, Any], out: Path, cores: int) -> dict[str, Any]:
+    """The run's speed and memory figures with the conditions they were taken under."""
+    torch.set_num_threads(cores)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    figures = measure_run(cfg, out)
+    figures["measure_conditions"] = {
+        "threads": torch.get_num_threads(),
+        "latency_batch": 1,
+        "throughput_batch": cfg["measure_batch"],
+        "memory_batch": cfg["measure_batch"],
+        "mode": "eval, float32, no compile; warm-up excluded",
+        "load_avg_1m_before": load,
+    }
+    return figures
+
+
+def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace results.jsonl atomically (a kill leaves the old or the new file, never half)."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    tmp.replace(path)
 
 
 def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:

@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-explain", action="store_true", help="leave the Grad-CAM panel out of the report"
     )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure latency, throughput and memory of completed runs again (e.g. on an idle machine)",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,7 +92,7 @@ def _load_spec(spec: str) -> CompareSpec:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    result = run_compare(spec)
+    result = run_compare(spec, remeasure=args.remeasure)
     print()
     print(result["leaderboard"])
     print(f"\nleaderboard: {result['out'] / 'leaderboard.md'}")
