@@ -62,3 +62,11 @@ def test_scaling_keeps_the_comparison_s_other_arguments():
     assert abs(deep.rel_error) <= 0.05 and abs(shallow.rel_error) <= 0.05
     # twice the blocks at the same parameter count means narrower stages
     assert deep.kwargs["widths"][-1] < shallow.kwargs["widths"][-1]
+
+
+def test_nested_stage_widths_are_scaled():
+    base = width_args_of("kan_convnet_pico")
+    assert isinstance(base["stages"][0], tuple)
+    scaled = scale_to_budget("kan_convnet_pico", "params", 2e5, 32, 3, 10)
+    assert abs(scaled.rel_error) <= 0.05
+    assert [len(s) for s in scaled.kwargs["stages"]] == [len(s) for s in base["stages"]]

@@ -128,16 +128,16 @@ def width_args_of(name: str, base_kwargs: dict[str, Any] | None = None) -> dict[
     args = getattr(model, "build_args", {})
     declared = getattr(type(model), "width_args", None)
     keys = declared if declared else [k for k in WIDTH_ARG_NAMES if k in args]
-    out = {}
-    for k in keys:
-        v = args.get(k)
-        if (
-            isinstance(v, int)
-            and not isinstance(v, bool)
-            or (isinstance(v, (tuple, list)) and v and all(isinstance(i, int) for i in v))
-        ):
-            out[k] = v
-    return out
+    return {k: args[k] for k in keys if k in args and _is_width(args[k])}
+
+
+def _is_width(v: Any) -> bool:
+    """An int, or a non-empty (nested) tuple / list of ints."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    return isinstance(v, (tuple, list)) and bool(v) and all(_is_width(i) for i in v)
 
 
 def _scale(value: Any, mult: float, divisor: int) -> Any:
