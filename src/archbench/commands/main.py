@@ -15,7 +15,7 @@ from archbench.bench.compare import CompareSpec, run_compare
 
 DEFAULT_MODELS = ["resnet_pico", "convnext_pico", "vit_pico", "mixer_pico", "caformer_pico"]
 DEFAULT_DATA = "shapes:n_train=3000,n_val=1000,n_test=1000"
-DEFAULT_EPOCHS = 4
+DEFAULT_EPOCHS = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
