@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["make_divisible", "to_2tuple"]
+import torch.nn as nn
+
+__all__ = ["init_trunc_normal", "init_trunc_normal_linear", "make_divisible", "to_2tuple"]
 
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -20,3 +22,19 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if out < 0.9 * value:
         out += divisor
     return out
+
+
+def init_trunc_normal_linear(m: nn.Module) -> None:
+    """Transformer-style init for ``module.apply``: Linear weights ~ N(0, 0.02) truncated, biases 0."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def init_trunc_normal(m: nn.Module) -> None:
+    """The same truncated-normal init for Linear and Conv2d weights (ConvNeXt-style nets)."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvMlp, DropPath, LayerScale2d, drop_path_rates
+from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -157,12 +158,7 @@ class InceptionNeXt(ImageClassifier):
         )
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

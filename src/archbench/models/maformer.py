@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import Attention, DropPath, Mlp, drop_path_rates
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.local_attention import WindowAttention
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
@@ -189,12 +190,7 @@ class MAFormer(ImageClassifier):
         self.head = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

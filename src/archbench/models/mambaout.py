@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..layers import drop_path_rates
 from ..layers.gated_cnn import GatedCNNBlock
+from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -98,12 +99,7 @@ class MambaOut(ImageClassifier):
         self.reset_classifier(num_classes)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal)
 
     def reset_classifier(self, num_classes: int) -> None:
         if num_classes < 0:

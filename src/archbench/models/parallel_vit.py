@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed, drop_path_rates
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
@@ -120,12 +121,7 @@ class ParallelViT(ImageClassifier):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}

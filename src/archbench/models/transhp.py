@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import PatchEmbed, TransformerBlock, drop_path_rates
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
@@ -123,12 +124,7 @@ class TransHP(ImageClassifier):
             nn.init.trunc_normal_(p, std=0.02)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def _set_hierarchy(self, hierarchy: tuple[tuple[int, ...], ...] | None) -> None:
         n = max(self.num_classes, 1)

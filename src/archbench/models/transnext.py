@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.local_attention import AggregatedAttention, CosineCpbAttention
 from ._base import FeatureInfo, ImageClassifier, check_img_size, to_2tuple
 from ._registry import ModelCard, build_model, register_model
@@ -182,12 +183,7 @@ class TransNeXt(ImageClassifier):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def no_weight_decay(self) -> set[str]:
         keys = ("query_embedding", "relative_pos_bias_local", "cpb", "temperature")

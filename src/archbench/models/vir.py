@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.retention import MultiScaleRetention
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
@@ -92,12 +93,7 @@ class ViR(ImageClassifier):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def set_mode(self, mode: str) -> None:
         """Switch every block to the parallel, recurrent or chunkwise form."""

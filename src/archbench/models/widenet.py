@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import Attention, DropPath, PatchEmbed
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.moe import MoEMlp
 from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier, check_img_size
@@ -85,12 +86,7 @@ class WideNet(ImageClassifier):
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_trunc_normal_linear)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
