@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["init_trunc_normal", "init_trunc_normal_linear", "make_divisible", "to_2tuple"]
+__all__ = [
+    "init_kaiming_conv",
+    "init_trunc_normal",
+    "init_trunc_normal_linear",
+    "make_divisible",
+    "to_2tuple",
+]
 
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -38,3 +44,12 @@ def init_trunc_normal(m: nn.Module) -> None:
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def init_kaiming_conv(m: nn.Module) -> None:
+    """ResNet-style init for ``module.apply``: He-normal (fan-out) Conv2d weights.
+
+    Skipped on the ``meta`` device, where there is nothing to initialise.
+    """
+    if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta" and m.weight.numel() > 0:
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, SqueezeExcite, drop_path_rates
 from ..layers.conv import ConvNormAct
+from ..layers.helpers import init_kaiming_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -160,9 +161,7 @@ class RegNet(ImageClassifier):
         self.num_features = cin
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.apply(init_kaiming_conv)
         for m in self.modules():
             if isinstance(m, RegNetBlock):
                 nn.init.zeros_(m.conv3.norm.weight)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, create_attn, drop_path_rates
 from ..layers.conv_variants import LaurelResidual, create_block_norm, create_conv
+from ..layers.helpers import init_kaiming_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -277,9 +278,7 @@ class ResNet(ImageClassifier):
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta" and m.weight.numel() > 0:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.apply(init_kaiming_conv)
         if zero_init_last:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):

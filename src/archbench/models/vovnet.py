@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
 from ..layers.conv import ConvNormAct
+from ..layers.helpers import init_kaiming_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -150,9 +151,7 @@ class VoVNet(ImageClassifier):
         self.num_features = cin
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.apply(init_kaiming_conv)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
