@@ -31,7 +31,7 @@ def test_auxiliary_loss_is_exposed_and_trains_the_router():
     torch.manual_seed(0)
     model = create_model("widenet_pico", num_classes=3).train()
     out = model(torch.randn(2, 3, 32, 32))
-    aux = model.auxiliary_loss()
+    aux = model.aux_loss()
     # six layers, each loss >= 1 (1 = perfectly balanced), weighted by 0.01
     assert aux.item() >= 0.06 - 1e-6
     model.zero_grad()

@@ -12,12 +12,14 @@ from archbench.data import load_dataset
 from archbench.models import create_model
 from archbench.train import (
     EMA,
+    ClassificationTask,
     Recipe,
     build_optimizer,
     evaluate,
     fit,
     load_checkpoint,
     param_groups,
+    register_task,
     save_checkpoint,
 )
 
@@ -71,22 +73,27 @@ def test_wrong_channels_fail_before_training(tmp_path, data):
         fit(create_model("resnet_pico", num_classes=7, img_size=16), data, FAST, tmp_path / "run")
 
 
-class NanAfter:
-    """A loss term that turns NaN from a given step on."""
+@register_task("test_nan_after")
+class NanAfter(ClassificationTask):
+    """Classification whose loss turns NaN from a given step on."""
 
-    name = "bomb"
+    def __init__(self, step: int = 5):
+        super().__init__()
+        self.after, self.calls = step, 0
 
-    def __init__(self, step):
-        self.step, self.calls = step, 0
-
-    def __call__(self, logits, targets, images, model):
+    def step(self, batch, state):
+        out = super().step(batch, state)
         self.calls += 1
-        return logits.sum() * (float("nan") if self.calls > self.step else 0.0)
+        bomb = out["loss"] * (float("nan") if self.calls > self.after else 0.0)
+        out["bomb"] = bomb.detach()
+        out["loss"] = out["loss"] + bomb
+        return out
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
     model = _model()
-    res = fit(model, data, FAST, tmp_path, loss_terms=[NanAfter(5)], progress=False)
+    recipe = FAST.replace(task="test_nan_after", task_args={"step": 5})
+    res = fit(model, data, recipe, tmp_path, progress=False)
     assert res.status == "failed_nan" and "nan" in res.error and "epoch 2" in res.error
     assert res.epochs_completed == 1 and len(res.history) == 1
     kept = load_checkpoint(res.last_checkpoint, _model())
@@ -182,19 +189,22 @@ def test_bf16_autocast_and_sgd_run(tmp_path, data):
     assert res.status == "completed" and math.isfinite(res.history[0]["train_loss"])
 
 
-def test_model_extra_loss_is_added_to_the_task_loss(tmp_path):
-    """Families with an auxiliary objective expose it through ImageClassifier.extra_loss."""
+def test_model_aux_loss_is_added_to_the_task_loss(tmp_path):
+    """Families with an auxiliary objective expose it through ImageClassifier.aux_loss."""
     torch.manual_seed(0)
     data = load_dataset("shapes:n_train=64,n_val=32,n_test=32", seed=0)
     model = create_model("widenet_pico", num_classes=data.num_classes)
     calls = []
-    original = model.extra_loss
+    original = model.aux_loss
 
     def spy(targets):
         value = original(targets)
         calls.append(float(value.detach()))
         return value
 
-    model.extra_loss = spy
-    fit(model, data, FAST.replace(epochs=1, batch_size=32), tmp_path, progress=False)
+    model.aux_loss = spy
+    res = fit(model, data, FAST.replace(epochs=1, batch_size=32), tmp_path, progress=False)
     assert len(calls) == 2 and all(c > 0 for c in calls)  # one per step: 64 images, batch 32
+    rec = res.history[0]
+    assert rec["train_aux_loss"] == pytest.approx(sum(calls) / 2)
+    assert rec["train_loss"] == pytest.approx(rec["train_ce"] + rec["train_aux_loss"])

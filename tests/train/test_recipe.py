@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from archbench.train import Recipe, list_recipes, load_recipe
+from archbench.train import ClassificationTask, Recipe, list_recipes, load_recipe, register_task
+
+
+@register_task("test_recipe_weighted")
+class WeightedTask(ClassificationTask):
+    def __init__(self, weight: float = 1.0, note: str = ""):
+        super().__init__()
+        self.weight, self.note = weight, note
 
 
 def test_shipped_recipes_load():
@@ -19,11 +26,32 @@ def test_shipped_recipes_load():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_round_trip(tmp_path, suffix):
-    r = Recipe(epochs=3, lr=0.01, betas=(0.8, 0.99), crop="rrc", extra={"note": "x"})
+    r = Recipe(
+        epochs=3,
+        lr=0.01,
+        betas=(0.8, 0.99),
+        crop="rrc",
+        task="test_recipe_weighted",
+        task_args={"weight": 0.5, "note": "x"},
+    )
     path = r.to_file(tmp_path / f"r{suffix}")
     back = Recipe.from_file(path)
     assert back == r and isinstance(back.betas, tuple)
     assert load_recipe(str(path)) == r
+
+
+def test_task_and_its_arguments_are_validated():
+    assert Recipe().task == "classification" and Recipe().task_args == {}
+    with pytest.raises(ValueError, match="unknown task 'distil'; registered tasks: .*classification"):
+        Recipe(task="distil")
+    with pytest.raises(ValueError, match="no argument.*wieght; accepted: weight, note"):
+        Recipe(task="test_recipe_weighted", task_args={"wieght": 2})
+    with pytest.raises(ValueError, match="no argument.*alpha; accepted: none"):
+        Recipe(task_args={"alpha": 1})
+    with pytest.raises(TypeError, match="task_args must be a mapping"):
+        Recipe.from_dict({"task_args": [1, 2]})
+    with pytest.raises(ValueError, match="'extra' was replaced by 'task' and 'task_args'"):
+        Recipe.from_dict({"extra": {}})
 
 
 def test_validation_names_the_key(tmp_path):

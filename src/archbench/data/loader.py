@@ -56,13 +56,16 @@ class BatchLoader:
         return torch.randperm(n, generator=epoch_generator(self.seed, epoch, stream=1))
 
     def batches(
-        self, epoch: int = 0, start: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self, epoch: int = 0, start: int = 0, with_index: bool = False
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(images, labels)`` batches, or ``(images, labels, indices)`` with ``with_index``
+        (each sample's position in the dataset)."""
         idx = self.order(epoch)
         images, labels = self.dataset.images, self.dataset.labels
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield images.index_select(0, sel), labels.index_select(0, sel)
+            batch = (images.index_select(0, sel), labels.index_select(0, sel))
+            yield (*batch, sel) if with_index else batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(0)

@@ -193,9 +193,10 @@ class BatchAugment:
         self._mean = torch.tensor(self.mean, dtype=torch.float32)
         self._std = torch.tensor(self.std, dtype=torch.float32)
 
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One augmented view without targets: crop, flip, normalize and Cutout (no mixing).
+
+        Multi-view tasks draw each further view of a batch with this."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         if self.crop == "rrc":
@@ -209,6 +210,12 @@ class BatchAugment:
         x = normalize(x, self._mean.to(x.device), self._std.to(x.device))
         if self.cutout > 0:
             x = cutout(x, self.cutout, 1.0, generator)
+        return x
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.view(x, generator)
         t = one_hot_smooth(y, self.num_classes, self.label_smoothing)
         use_mix = self.mixup_alpha > 0 or self.cutmix_alpha > 0
         if use_mix and float(torch.rand(1, generator=generator)) < self.mix_prob:

@@ -108,6 +108,9 @@ class MLPKANBlock(nn.Module):
 class MLPKAN(ImageClassifier):
     """DeiT-style ViT (class token, learned positions) with MLP/KAN mixture-of-experts FFNs."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -161,17 +164,12 @@ class MLPKAN(ImageClassifier):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
-    def aux_loss(self) -> torch.Tensor:
-        """Sum of the blocks' load-balancing terms from the last training pass."""
-        return sum((b.mlp.aux_loss for b in self.blocks), torch.zeros(()))
-
-    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
-        """The weighted load-balancing loss, added to the task loss by the training engine."""
-        return (
-            self.aux_loss_weight * self.aux_loss()
-            if self.training and self.aux_loss_weight
-            else None
-        )
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The weighted sum of the blocks' load-balancing terms from the last training
+        pass (None in eval mode or with ``aux_loss_weight=0``)."""
+        if not (self.training and self.aux_loss_weight):
+            return None
+        return self.aux_loss_weight * sum((b.mlp.aux_loss for b in self.blocks), torch.zeros(()))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -48,6 +48,9 @@ def default_hierarchy(num_classes: int, num_coarse: int) -> tuple[int, ...]:
 class TransHP(ImageClassifier):
     """ViT with coarse-class prompt tokens injected at intermediate blocks."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+
     def __init__(
         self,
         embed_dim: int = 768,
@@ -171,8 +174,8 @@ class TransHP(ImageClassifier):
         ]
         return self.prompt_loss_weight * torch.stack(losses).sum()
 
-    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
-        """The prompt loss for the training engine, from (B, num_classes) soft targets.
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The prompt loss for the training task, from (B, num_classes) soft targets.
 
         A coarse class's soft target is the sum of its fine classes' (so label smoothing
         and Mixup/CutMix carry over to the coarse levels).

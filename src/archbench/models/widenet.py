@@ -8,9 +8,9 @@ factor 1.2, router noise 1/E, load-balancing loss weight 0.01, expert hidden wid
 4096 (B) as in the official configuration (XueFuzhao/WideNet_Code). The input carries
 a constant zero class token (as the release does) and the head averages all tokens.
 
-Training: after ``forward`` the model holds ``aux_loss`` (the load-balancing losses of
-every layer's routing, summed and multiplied by ``aux_loss_weight``); add it to the
-task loss. ``auxiliary_loss()`` returns it.
+Training: after a training ``forward``, ``aux_loss()`` returns the load-balancing losses
+of every layer's routing, summed and multiplied by ``aux_loss_weight``; the
+classification task adds it to the loss.
 
 Deviation: the release's MLPs apply GELU after both dense layers; archbench's experts
 are the standard Linear-GELU-Linear. The release's optional tanh representation layer
@@ -37,6 +37,9 @@ __all__ = ["WideNet"]
 
 class WideNet(ImageClassifier):
     """ViT with one attention + MoE block shared across depth and per-layer LayerNorms."""
+
+    width_args = ("embed_dim", "moe_hidden")
+    depth_args = ("depth",)
 
     def __init__(
         self,
@@ -83,7 +86,7 @@ class WideNet(ImageClassifier):
         self.cam_target = "norm"
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
-        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_aux_loss: torch.Tensor = torch.zeros(())
         self.apply(self._init_weights)
 
     _init_weights = staticmethod(init_trunc_normal_linear)
@@ -91,13 +94,9 @@ class WideNet(ImageClassifier):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
 
-    def auxiliary_loss(self) -> torch.Tensor:
-        """Weighted load-balancing loss of the last forward pass (add it to the task loss)."""
-        return self.aux_loss
-
-    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
-        """The training engine adds the load-balancing loss through this hook."""
-        return self.aux_loss if self.training else None
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Weighted load-balancing loss of the last training forward pass (None in eval)."""
+        return self.last_aux_loss if self.training else None
 
     @staticmethod
     def resize_pos_embed(
@@ -118,7 +117,7 @@ class WideNet(ImageClassifier):
             x = x + self.drop_paths[i](self.attn(self.norms1[i](x)))
             x = x + self.drop_paths[i](self.moe(self.norms2[i](x)))
             aux = aux + self.moe.aux_loss
-        self.aux_loss = aux * self.aux_loss_weight
+        self.last_aux_loss = aux * self.aux_loss_weight
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -1,21 +1,27 @@
-"""Callbacks and loss terms: how techniques plug into :func:`archbench.train.fit`.
+"""Callbacks: how techniques observe and adjust a run of :func:`archbench.train.fit`.
 
-A callback is any object with some of these methods (all optional)::
+A callback is any object with some of these methods (all optional), called in this
+order (see :mod:`archbench.train.engine` for the whole loop)::
 
-    on_fit_start(state)          on_epoch_start(state)        on_step_end(state)
-    on_epoch_end(state, record)  on_fit_end(state, result)
+    on_fit_start(state)                       before the optimizer is built
+    on_epoch_start(state)
+    on_train_batch_start(state, batch)        the augmented Batch, before the step
+    on_before_backward(state, loss)
+    on_after_backward(state)                  gradients exist, not yet clipped
+    on_before_optimizer_step(state)           gradients clipped
+    on_step_end(state)                        after optimizer.step()
+    on_epoch_end(state, record)               after validation; may add keys to record
+    on_fit_end(state, result)                 may add to result.extras
     state_dict() -> dict[str, Tensor]   load_state_dict(dict)   # saved in checkpoints
 
-``state`` is the :class:`TrainState` of the run; ``record`` is the epoch's metrics dict,
-which ``on_epoch_end`` may extend (keys are written to metrics.jsonl).
-
-A loss term is a callable ``term(logits, targets, images, model) -> Tensor`` (a scalar
-added to the loss; ``targets`` are the soft targets); ``term.name`` labels it in metrics.
+``state`` is the :class:`TrainState` of the run. What a step computes belongs to the
+run's task (:mod:`archbench.train.tasks`), not to a callback.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +33,10 @@ __all__ = ["EMA", "Callback", "TrainState"]
 
 @dataclass
 class TrainState:
-    """What callbacks see: the live objects of a run and its counters."""
+    """What tasks and callbacks see: the live objects of a run and its counters."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None until on_fit_start has run
     recipe: Any
     data: Any
     out_dir: Any
@@ -42,6 +48,10 @@ class TrainState:
     loss: float = float("nan")  # loss of the last step
     stop: bool = False  # a callback may set this to end the run after the current step
     extras: dict[str, Any] = field(default_factory=dict)
+    task: Any = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # the last step's outputs
+    # validate(model) -> the task's validation metrics of any model (EMA weights ...)
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 class Callback:
@@ -51,6 +61,10 @@ class Callback:
 
     def on_fit_start(self, state: TrainState) -> None: ...
     def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_train_batch_start(self, state: TrainState, batch: Any) -> None: ...
+    def on_before_backward(self, state: TrainState, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self, state: TrainState) -> None: ...
+    def on_before_optimizer_step(self, state: TrainState) -> None: ...
     def on_step_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None: ...
     def on_fit_end(self, state: TrainState, result: Any) -> None: ...
@@ -97,16 +111,20 @@ class EMA(Callback):
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
         if not self.evaluate or self.model is None:
             return
-        from .engine import evaluate
+        if state.validate is not None:  # the run's task judges the averaged weights
+            m = state.validate(self.model)
+        else:
+            from .evaluate import evaluate
 
-        m = evaluate(
-            self.model,
-            state.data.val,
-            batch_size=state.recipe.eval_batch_size,
-            precision=state.recipe.precision,
-        )
-        record["val_ema_top1"] = m["top1"]
-        record["val_ema_loss"] = m["loss"]
+            m = evaluate(
+                self.model,
+                state.data.val,
+                batch_size=state.recipe.eval_batch_size,
+                precision=state.recipe.precision,
+            )
+        for k, v in m.items():
+            if k != "n":
+                record[f"val_ema_{k}"] = v
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         assert self.model is not None

@@ -1,12 +1,35 @@
-"""The training loop: ``fit(model, data, recipe, out_dir)`` and ``evaluate(model, data)``.
+"""The training loop: ``fit(model, data, recipe, out_dir)``.
 
-A plain PyTorch loop over in-memory batches with batched augmentation. What it writes in
-``out_dir``::
+A plain PyTorch loop over in-memory batches with batched augmentation. What one step
+computes belongs to the run's task (:mod:`archbench.train.tasks`; classification by
+default); callbacks observe and adjust around it through hooks, called in this order
+(the task's own hooks first, then each callback's)::
 
-    recipe.yaml                the frozen recipe of the run
+    task.setup(model, data, recipe)
+    on_fit_start(state)                      # before the optimizer is built
+    [optimizer built from task.param_groups; a resumed run restores its checkpoint here]
+    for each epoch:
+        on_epoch_start(state)
+        for each batch:
+            on_train_batch_start(state, batch)
+            outputs = task.step(batch, state)
+            on_before_backward(state, loss)
+            loss.backward()
+            on_after_backward(state)
+            [gradient clipping]
+            on_before_optimizer_step(state)
+            optimizer.step()
+            on_step_end(state)
+        [validation with task.eval_step]
+        on_epoch_end(state, record)
+    on_fit_end(state, result)
+
+What it writes in ``out_dir``::
+
+    recipe.yaml                the frozen recipe of the run (task and task arguments included)
     metrics.jsonl              one JSON record per finished epoch
-    checkpoints/last.safetensors   weights + optimizer + RNG + callback state (resume point)
-    checkpoints/best.safetensors   weights of the epoch with the best validation top-1
+    checkpoints/last.safetensors   weights + optimizer + RNG + task + callback state (resume point)
+    checkpoints/best.safetensors   weights of the epoch with the best monitored validation metric
     fit_result.json            the FitResult of the latest call
 
 Reproducibility: every epoch reseeds the global RNG (dropout, drop-path) and an
@@ -18,28 +41,30 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..data.base import DataBundle, ImageTensorDataset
 from ..data.loader import BatchLoader, epoch_generator
-from ..data.transforms import BatchAugment, normalize
+from ..data.transforms import BatchAugment, one_hot_smooth
 from .callbacks import EMA, TrainState
 from .checkpoint import atomic_write_text, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .evaluate import autocast, check_model_data, evaluate, model_device, normalized_batches
 from .optim import build_optimizer, set_lr
 from .recipe import Recipe, load_recipe
+from .tasks import Batch, Task, create_task, soft_cross_entropy
 
-__all__ = ["FitResult", "check_model_data", "evaluate", "fit", "soft_cross_entropy"]
+__all__ = ["FitResult", "check_model_data", "evaluate", "fit", "soft_cross_entropy", "validate"]
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -65,116 +90,11 @@ class FitResult:
     out_dir: str
     error: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # filled by callbacks' on_fit_end
+    monitor: str = "val_top1"  # the validation metric that chose the best checkpoint
+    best_metric: float | None = None  # its value at best_epoch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against soft targets (label smoothing, Mixup, CutMix)."""
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: DataBundle | ImageTensorDataset | torch.utils.data.Dataset | Iterable,
-    *,
-    split: str = "val",
-    batch_size: int = 256,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-) -> dict[str, float]:
-    """Top-1, top-5 (top-k for k = min(5, classes)), mean cross-entropy and count.
-
-    ``data``: a :class:`DataBundle` (its ``split``), an :class:`ImageTensorDataset`
-    (normalized with ``mean``/``std`` or the bundle's), any map-style dataset of
-    ``(image, label)``, or an iterable of ``(images, labels)`` batches ready for the
-    model. The model's train/eval mode is restored afterwards.
-    """
-    if isinstance(data, DataBundle):
-        data = data.split(split)
-    dev = _device(model)
-    if isinstance(data, ImageTensorDataset):
-        m = mean if mean is not None else data.mean
-        s = std if std is not None else data.std
-        mt = torch.tensor(m if m is not None else [0.0] * data.images.shape[1])
-        st = torch.tensor(s if s is not None else [1.0] * data.images.shape[1])
-
-        def gen():
-            for i in range(0, len(data), batch_size):
-                x = data.images[i : i + batch_size].float().div_(255.0)
-                yield normalize(x, mt, st), data.labels[i : i + batch_size]
-
-        batches: Iterable = gen()
-    elif isinstance(data, torch.utils.data.Dataset):
-        batches = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    else:
-        batches = data
-    was_training = model.training
-    model.eval()
-    n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
-    try:
-        for x, y in batches:
-            x, y = x.to(dev), torch.as_tensor(y).to(dev)
-            with _autocast(precision, dev):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            k = min(5, logits.shape[-1])
-            topk = logits.topk(k, dim=-1).indices
-            hit = topk == y.view(-1, 1)
-            correct1 += int(hit[:, 0].sum())
-            correct5 += int(hit.any(dim=1).sum())
-            n += len(y)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("evaluate: the data holds no samples")
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": n}
-
-
-def check_model_data(model: nn.Module, data: DataBundle) -> None:
-    """Fail before training when the model cannot take the data's images or classes."""
-    in_chans = getattr(model, "in_chans", None)
-    if isinstance(in_chans, int) and in_chans != data.in_chans:
-        raise ValueError(
-            f"the model takes in_chans={in_chans} but dataset {data.spec!r} has "
-            f"{data.in_chans} channel(s); build the model with in_chans={data.in_chans} "
-            f"(or load the data with channels={in_chans})"
-        )
-    num_classes = getattr(model, "num_classes", None)
-    if isinstance(num_classes, int) and num_classes != data.num_classes:
-        raise ValueError(
-            f"the model has num_classes={num_classes} but dataset {data.spec!r} has "
-            f"{data.num_classes} classes; build it with num_classes={data.num_classes}"
-        )
-    x = data.val.images[:2].float().div_(255.0).to(_device(model))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as err:
-        raise ValueError(
-            f"the model cannot take this dataset's images (batch {tuple(x.shape)}): {err}"
-        ) from err
-    finally:
-        model.train(was_training)
-    if out.ndim != 2 or out.shape[1] != data.num_classes:
-        raise ValueError(
-            f"the model returns shape {tuple(out.shape)}; expected (batch, {data.num_classes}) logits"
-        )
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -203,26 +123,68 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
 
 
+def validate(
+    task: Task, model: nn.Module, split: ImageTensorDataset, recipe: Recipe, state: TrainState
+) -> dict[str, float]:
+    """The task's validation metrics of ``model`` on ``split`` (means over samples).
+
+    Batches hold the normalized images in order, unaugmented; a multi-view task gets the
+    same image in each view. ``n`` is the sample count.
+    """
+    dev = model_device(model)
+    vstate = dataclasses.replace(state, model=model)
+    was_training = model.training
+    model.eval()
+    task.train(False)
+    sums: dict[str, float] = {}
+    n = 0
+    try:
+        with torch.no_grad():
+            for x, y, idx in normalized_batches(split, recipe.eval_batch_size):
+                x, y = x.to(dev), y.to(dev)
+                labelled = task.uses_labels
+                batch = Batch(
+                    views=[x] * task.views,
+                    targets=one_hot_smooth(y, state.data.num_classes, 0.0) if labelled else None,
+                    labels=y if labelled else None,
+                    index=idx.to(dev),
+                )
+                with autocast(recipe.precision, dev):
+                    metrics = task.eval_step(batch, vstate)
+                b = len(y)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * b
+                n += b
+    finally:
+        model.train(was_training)
+        task.train(was_training)
+    if n == 0:
+        raise ValueError("validation: the split holds no samples")
+    return {**{k: v / n for k, v in sums.items()}, "n": n}
+
+
 def fit(
     model: nn.Module,
     data: DataBundle,
     recipe: Recipe | str,
     out_dir: str | Path,
     *,
+    task: Task | None = None,
     callbacks: Sequence[Any] = (),
-    loss_terms: Sequence[Any] = (),
     resume: bool = True,
     max_seconds: float | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` with ``recipe``; choose checkpoints on ``data.val``.
 
-    ``resume``: continue from ``out_dir/checkpoints/last.safetensors`` when it exists
-    (the recipe must be the same). ``max_seconds``: wall-clock budget for the whole run
-    (time of earlier, resumed calls included); the run stops cleanly after the step that
-    passes it, with a checkpoint, and status ``stopped_time``. ``progress``: show a
-    progress bar (default: only when stderr is a terminal). ``recipe.ema`` adds an
-    :class:`EMA` callback unless one is given.
+    ``task``: what a step computes; by default the recipe's (``recipe.task`` with
+    ``recipe.task_args``). A task object given here must carry the recipe's task name, so
+    that the frozen recipe says what trained the run. ``resume``: continue from
+    ``out_dir/checkpoints/last.safetensors`` when it exists (the recipe must be the same).
+    ``max_seconds``: wall-clock budget for the whole run (time of earlier, resumed calls
+    included); the run stops cleanly after the step that passes it, with a checkpoint,
+    and status ``stopped_time``. ``progress``: show a progress bar (default: only when
+    stderr is a terminal). ``recipe.ema`` adds an :class:`EMA` callback unless one is given.
     """
     recipe = load_recipe(recipe)
     if not isinstance(data, DataBundle):
@@ -231,12 +193,19 @@ def fit(
         )
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-    check_model_data(model, data)
+    if task is None:
+        task = create_task(recipe.task, recipe.task_args)
+    elif not isinstance(task, Task):
+        raise TypeError(f"task must be an archbench.train.Task, got {type(task).__name__}")
+    elif task.name != recipe.task:
+        raise ValueError(
+            f"the task given is {task.name!r} but the recipe names {recipe.task!r}; "
+            f"use recipe.replace(task={task.name!r}) so that the run records its task"
+        )
+    task.check(model, data)
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = ck_dir / LAST, ck_dir / BEST
-    metrics_path = out / "metrics.jsonl"
     callbacks = list(callbacks)
     if recipe.ema and not any(isinstance(c, EMA) for c in callbacks):
         callbacks.append(EMA(recipe.ema_decay))
@@ -245,152 +214,195 @@ def fit(
     if recipe.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(
-            model,
-            data,
-            recipe,
-            out,
-            last_path,
-            best_path,
-            metrics_path,
-            callbacks,
-            list(loss_terms),
-            resume,
-            max_seconds,
-            progress,
-        )
+        return _Run(model, data, recipe, out, task, callbacks, max_seconds, progress).run(resume)
     finally:
         torch.use_deterministic_algorithms(prev_det)
 
 
-def _fit(
-    model,
-    data,
-    recipe,
-    out,
-    last_path,
-    best_path,
-    metrics_path,
-    callbacks,
-    loss_terms,
-    resume,
-    max_seconds,
-    progress,
-) -> FitResult:
-    dev = _device(model)
-    loader = BatchLoader(
-        data.train, recipe.batch_size, shuffle=True, drop_last=True, seed=recipe.seed
-    )
-    spe = len(loader)
-    aug = BatchAugment(
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
-        img_size=data.img_size,
-        crop=recipe.crop,
-        crop_scale=recipe.crop_scale,
-        crop_ratio=recipe.crop_ratio,
-        crop_pad=recipe.crop_pad,
-        hflip=recipe.hflip,
-        cutout=recipe.cutout,
-        mixup_alpha=recipe.mixup_alpha,
-        cutmix_alpha=recipe.cutmix_alpha,
-        mix_prob=recipe.mix_prob,
-        switch_prob=recipe.switch_prob,
-        label_smoothing=recipe.label_smoothing,
-    )
-    optimizer = build_optimizer(model, recipe)
-    state = TrainState(
-        model=model, optimizer=optimizer, recipe=recipe, data=data, out_dir=out, steps_per_epoch=spe
-    )
-    _call(callbacks, "on_fit_start", state)
+class _Run:
+    """One call of :func:`fit`: the live objects and the loop, split into short methods."""
 
-    # ----- fresh start or resume ---------------------------------------------------
-    s: dict[str, Any] = dict(
-        epoch=0,
-        step=0,
-        step_in_epoch=0,
-        history=[],
-        best_top1=None,
-        best_epoch=None,
-        train_time_s=0.0,
-        images=0,
-        step_time_s=0.0,
-        data_time_s=0.0,
-        partial=None,
-        final_val=None,
-        status="running",
-    )
-    aug_gen: torch.Generator | None = None
-    if resume and last_path.is_file():
-        meta = read_checkpoint_meta(last_path)
-        if meta.get("recipe") != recipe.to_dict():
+    def __init__(self, model, data, recipe, out, task, callbacks, max_seconds, progress) -> None:
+        self.model, self.data, self.recipe, self.out, self.task = model, data, recipe, out, task
+        self.callbacks = callbacks
+        self.hooks = [task, *callbacks]  # the task's hooks run first
+        self.max_seconds = max_seconds
+        self.show = sys.stderr.isatty() if progress is None else bool(progress)
+        self.last_path = out / "checkpoints" / LAST
+        self.best_path = out / "checkpoints" / BEST
+        self.metrics_path = out / "metrics.jsonl"
+        self.dev = model_device(model)
+        self.loader = BatchLoader(
+            data.train, recipe.batch_size, shuffle=True, drop_last=True, seed=recipe.seed
+        )
+        self.aug = BatchAugment(
+            mean=data.mean,
+            std=data.std,
+            num_classes=data.num_classes,
+            img_size=data.img_size,
+            crop=recipe.crop,
+            crop_scale=recipe.crop_scale,
+            crop_ratio=recipe.crop_ratio,
+            crop_pad=recipe.crop_pad,
+            hflip=recipe.hflip,
+            cutout=recipe.cutout,
+            mixup_alpha=recipe.mixup_alpha,
+            cutmix_alpha=recipe.cutmix_alpha,
+            mix_prob=recipe.mix_prob,
+            switch_prob=recipe.switch_prob,
+            label_smoothing=recipe.label_smoothing,
+        )
+        self.aug_gen: torch.Generator | None = None
+        self.error: str | None = None
+        self.s: dict[str, Any] = dict(
+            epoch=0,
+            step=0,
+            step_in_epoch=0,
+            history=[],
+            best_value=None,
+            best_epoch=None,
+            train_time_s=0.0,
+            images=0,
+            step_time_s=0.0,
+            data_time_s=0.0,
+            partial=None,
+            final_val=None,
+            status="running",
+        )
+
+    def call(self, hook: str, *args: Any) -> None:
+        for receiver in self.hooks:
+            fn = getattr(receiver, hook, None)
+            if fn is not None:
+                fn(*args)
+
+    # ----- set-up and checkpoints --------------------------------------------------
+    def start(self, resume: bool) -> None:
+        model, task, recipe = self.model, self.task, self.recipe
+        self.state = TrainState(
+            model=model,
+            optimizer=None,
+            recipe=recipe,
+            data=self.data,
+            out_dir=self.out,
+            steps_per_epoch=len(self.loader),
+            task=task,
+        )
+        self.state.validate = lambda m: validate(task, m, self.data.val, recipe, self.state)
+        task.setup(model, self.data, recipe)
+        task.to(self.dev)
+        self.call("on_fit_start", self.state)  # may still swap modules: no optimizer yet
+        self.optimizer = build_optimizer(task.param_groups(model, recipe), recipe)
+        self.state.optimizer = self.optimizer
+        if resume and self.last_path.is_file():
+            self.restore()
+        recipe.to_file(self.out / "recipe.yaml")
+        _write_metrics(self.metrics_path, self.s["history"])
+
+    def restore(self) -> None:
+        meta = read_checkpoint_meta(self.last_path)
+        if meta.get("recipe") != self.recipe.to_dict():
             raise ValueError(
-                f"{last_path} was written by a different recipe; use another out_dir, "
+                f"{self.last_path} was written by a different recipe; use another out_dir, "
                 "resume=False to start over, or the recipe in "
-                f"{out / 'recipe.yaml'}"
+                f"{self.out / 'recipe.yaml'}"
             )
-        ck = load_checkpoint(last_path, model, optimizer)
-        s.update(ck["meta"]["state"])
-        for cb, cb_name in zip(callbacks, _names(callbacks)):
+        ck = load_checkpoint(self.last_path, self.model, self.optimizer)
+        self.s.update(ck["meta"]["state"])
+        extra = ck["extra"]
+        self.task.load_state_dict(
+            {k[len("task/") :]: v for k, v in extra.items() if k.startswith("task/")}
+        )
+        for cb, cb_name in zip(self.callbacks, _names(self.callbacks)):
             prefix = f"cb/{cb_name}/"
-            sd = {k[len(prefix) :]: v for k, v in ck["extra"].items() if k.startswith(prefix)}
+            sd = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
             if sd and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(sd)
-        if s["status"] in ("stopped_time", "stopped"):
-            s["status"] = "running"
-        if s["step_in_epoch"] > 0:
-            torch.set_rng_state(ck["extra"]["rng/torch"])
-            aug_gen = torch.Generator()
-            aug_gen.set_state(ck["extra"]["rng/aug"])
-    recipe.to_file(out / "recipe.yaml")
-    _write_metrics(metrics_path, s["history"])
+        if self.s["status"] in ("stopped_time", "stopped"):
+            self.s["status"] = "running"
+        if self.s["step_in_epoch"] > 0:
+            torch.set_rng_state(extra["rng/torch"])
+            self.aug_gen = torch.Generator()
+            self.aug_gen.set_state(extra["rng/aug"])
 
-    def save_last() -> None:
+    def save_last(self) -> None:
         extra = {"rng/torch": torch.get_rng_state()}
-        if aug_gen is not None:
-            extra["rng/aug"] = aug_gen.get_state()
-        for cb, cb_name in zip(callbacks, _names(callbacks)):
+        if self.aug_gen is not None:
+            extra["rng/aug"] = self.aug_gen.get_state()
+        for k, v in self.task.state_dict().items():
+            extra[f"task/{k}"] = v
+        for cb, cb_name in zip(self.callbacks, _names(self.callbacks)):
             if hasattr(cb, "state_dict"):
                 for k, v in cb.state_dict().items():
                     extra[f"cb/{cb_name}/{k}"] = v
+        data = self.data
         meta = {
-            "recipe": recipe.to_dict(),
+            "recipe": self.recipe.to_dict(),
             "data": {
                 "spec": data.spec,
                 "num_classes": data.num_classes,
                 "in_chans": data.in_chans,
                 "img_size": data.img_size,
             },
-            "state": s,
+            "state": self.s,
         }
-        save_checkpoint(last_path, model, optimizer, extra_tensors=extra, meta=meta)
+        save_checkpoint(self.last_path, self.model, self.optimizer, extra_tensors=extra, meta=meta)
 
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    t_call = time.perf_counter()
-    time_before = s["train_time_s"]
+    # ----- the loop ----------------------------------------------------------------
+    def run(self, resume: bool) -> FitResult:
+        self.start(resume)
+        s, recipe = self.s, self.recipe
+        self.t_call = time.perf_counter()
+        self.time_before = s["train_time_s"]
+        if (
+            self.max_seconds is not None
+            and self.time_before >= self.max_seconds
+            and s["epoch"] < recipe.epochs
+        ):
+            s["status"] = "stopped_time"  # the budget was spent by earlier calls
+        while s["epoch"] < recipe.epochs and s["status"] == "running":
+            stop_reason = self.train_epoch()
+            if s["status"] == "failed_nan":
+                break
+            if s["step_in_epoch"] < len(self.loader):  # stopped inside the epoch
+                s["train_time_s"] = self.elapsed()
+                s["status"] = stop_reason or "stopped"
+                self.save_last()
+                break
+            self.end_epoch(stop_reason)
+        return self.finish()
 
-    def elapsed() -> float:
-        return time_before + time.perf_counter() - t_call
+    def elapsed(self) -> float:
+        return self.time_before + time.perf_counter() - self.t_call
 
-    error = None
-    stop_reason = None
-    lr = recipe.lr_at(s["step"], spe)
-    if max_seconds is not None and time_before >= max_seconds and s["epoch"] < recipe.epochs:
-        s["status"] = "stopped_time"  # the budget was spent by earlier calls
-    while s["epoch"] < recipe.epochs and s["status"] == "running":
-        epoch = s["epoch"]
-        if s["step_in_epoch"] == 0 or aug_gen is None:
+    def make_batch(self, xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor) -> Batch:
+        xb, yb = xb.to(self.dev), yb.to(self.dev)
+        x, t = self.aug(xb, yb, self.aug_gen)
+        views = [x] + [self.aug.view(xb, self.aug_gen) for _ in range(self.task.views - 1)]
+        labelled = self.task.uses_labels
+        return Batch(
+            views=views,
+            targets=t if labelled else None,
+            labels=yb if labelled else None,
+            index=index.to(self.dev),
+            raw=xb,
+        )
+
+    def train_epoch(self) -> str | None:
+        s, recipe, state, task = self.s, self.recipe, self.state, self.task
+        epoch, spe = s["epoch"], len(self.loader)
+        if s["step_in_epoch"] == 0 or self.aug_gen is None:
             torch.manual_seed(_epoch_seed(recipe.seed, epoch))
-            aug_gen = epoch_generator(recipe.seed, epoch, stream=2)
+            self.aug_gen = epoch_generator(recipe.seed, epoch, stream=2)
             s["step_in_epoch"] = 0
-            s["partial"] = dict(loss=0.0, correct=0, n=0, data_time=0.0, step_time=0.0, terms={})
+            s["partial"] = dict(loss=0.0, n=0, data_time=0.0, step_time=0.0, terms={})
         part = s["partial"]
         state.epoch, state.step, state.step_in_epoch = epoch, s["step"], s["step_in_epoch"]
-        _call(callbacks, "on_epoch_start", state)
-        model.train()
+        self.call("on_epoch_start", state)
+        self.model.train()
+        task.train(True)
         bar = None
-        if show:
+        if self.show:
             from tqdm.auto import tqdm
 
             bar = tqdm(
@@ -400,76 +412,52 @@ def _fit(
                 leave=False,
                 file=sys.stderr,
             )
-        batches = loader.batches(epoch, start=s["step_in_epoch"])
-        epoch_t0 = time.perf_counter()
+        batches = self.loader.batches(epoch, start=s["step_in_epoch"], with_index=True)
+        self.epoch_t0 = time.perf_counter()
+        stop_reason = None
         while True:
             t0 = time.perf_counter()
             nxt = next(batches, None)
             if nxt is None:
                 break
-            xb, yb = nxt
-            x, t = aug(xb.to(dev), yb.to(dev), aug_gen)
-            yb = yb.to(dev)
+            batch = self.make_batch(*nxt)
             t1 = time.perf_counter()
             lr = recipe.lr_at(s["step"], spe)
-            set_lr(optimizer, lr)
-            with _autocast(recipe.precision, dev):
-                logits = model(x)
-            loss = soft_cross_entropy(logits, t)
-            total = loss
-            term_vals = {}
-            for term in loss_terms:
-                v = term(logits, t, x, model)
-                term_vals[getattr(term, "name", type(term).__name__)] = float(v.detach())
-                total = total + v
-            model_extra = getattr(model, "extra_loss", None)
-            extra = model_extra(t) if callable(model_extra) else None
-            if extra is not None:  # e.g. MoE load balancing, hierarchical prompt losses
-                term_vals["model_extra_loss"] = float(extra.detach())
-                total = total + extra
-            bad = not math.isfinite(float(total.detach()))
-            if not bad:
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if recipe.grad_clip > 0:
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                    bad = not math.isfinite(float(norm))
-            if bad:
-                error = (
-                    f"loss became {float(total.detach())} at epoch {epoch + 1}, step {s['step_in_epoch'] + 1} "
-                    f"(lr={lr:.3g}); weights were not updated. Kept the last good checkpoint"
-                    + (f" {last_path}" if last_path.is_file() else " (none was written yet)")
-                    + "; lower the learning rate, enable grad_clip, or use precision fp32"
-                )
+            set_lr(self.optimizer, lr)
+            state.lr = lr
+            self.call("on_train_batch_start", state, batch)
+            with autocast(recipe.precision, self.dev):
+                outputs = task.step(batch, state)
+            loss = _loss_of(outputs, task)
+            self.call("on_before_backward", state, loss)
+            if not self.backward(loss, epoch, lr):
                 s["status"] = "failed_nan"
                 break
-            optimizer.step()
+            self.call("on_before_optimizer_step", state)
+            self.optimizer.step()
             t2 = time.perf_counter()
-            b = len(yb)
-            part["loss"] += float(loss.detach()) * b
-            part["correct"] += int((logits.detach().argmax(-1) == yb).sum())
+            b = len(batch)
+            loss_value = float(loss.detach())
+            part["loss"] += loss_value * b
             part["n"] += b
             part["data_time"] += t1 - t0
             part["step_time"] += t2 - t0
-            for k, v in term_vals.items():
-                part["terms"][k] = part["terms"].get(k, 0.0) + v * b
+            for k, v in outputs.items():
+                if k != "loss":
+                    part["terms"][k] = part["terms"].get(k, 0.0) + float(v) * b
             s["step"] += 1
             s["step_in_epoch"] += 1
             s["images"] += b
             s["step_time_s"] += t2 - t0
             s["data_time_s"] += t1 - t0
-            state.step, state.step_in_epoch, state.lr, state.loss = (
-                s["step"],
-                s["step_in_epoch"],
-                lr,
-                float(loss.detach()),
-            )
-            _call(callbacks, "on_step_end", state)
+            state.step, state.step_in_epoch, state.loss = s["step"], s["step_in_epoch"], loss_value
+            state.outputs = outputs
+            self.call("on_step_end", state)
             if bar is not None:
                 bar.update(1)
                 if s["step_in_epoch"] % 10 == 0:
                     bar.set_postfix(loss=f"{part['loss'] / part['n']:.3f}", lr=f"{lr:.2g}")
-            if max_seconds is not None and elapsed() >= max_seconds:
+            if self.max_seconds is not None and self.elapsed() >= self.max_seconds:
                 stop_reason = "stopped_time"
             elif state.stop:
                 stop_reason = "stopped"
@@ -477,86 +465,128 @@ def _fit(
                 break
             every = recipe.checkpoint_every_steps
             if every and s["step"] % every == 0 and s["step_in_epoch"] < spe:
-                s["train_time_s"] = elapsed()
-                save_last()
+                s["train_time_s"] = self.elapsed()
+                self.save_last()
         if bar is not None:
             bar.close()
-        if s["status"] == "failed_nan":
-            break
-        if s["step_in_epoch"] < spe:  # stopped inside the epoch: keep a resume point
-            s["train_time_s"] = elapsed()
-            s["status"] = stop_reason or "stopped"
-            save_last()
-            break
-        # ----- end of epoch ---------------------------------------------------------
-        val = evaluate(
-            model, data.val, batch_size=recipe.eval_batch_size, precision=recipe.precision
-        )
+        self.lr = recipe.lr_at(max(0, s["step"] - 1), spe)
+        return stop_reason
+
+    def backward(self, loss: torch.Tensor, epoch: int, lr: float) -> bool:
+        """Backward and clipping; False (weights untouched) when the loss or norm is not finite."""
+        bad = not math.isfinite(float(loss.detach()))
+        if not bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.call("on_after_backward", self.state)
+            if self.recipe.grad_clip > 0:
+                params = [*self.model.parameters(), *self.task.trainable.parameters()]
+                norm = nn.utils.clip_grad_norm_(params, self.recipe.grad_clip)
+                bad = not math.isfinite(float(norm))
+        if bad:
+            self.error = (
+                f"loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+                f"{self.s['step_in_epoch'] + 1} (lr={lr:.3g}); weights were not updated. "
+                "Kept the last good checkpoint"
+                + (f" {self.last_path}" if self.last_path.is_file() else " (none was written yet)")
+                + "; lower the learning rate, enable grad_clip, or use precision fp32"
+            )
+        return not bad
+
+    def end_epoch(self, stop_reason: str | None) -> None:
+        s, state, task = self.s, self.state, self.task
+        epoch, part = s["epoch"], s["partial"]
+        val = validate(task, self.model, self.data.val, self.recipe, state)
         n = max(1, part["n"])
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": part["loss"] / n,
-            "train_acc": part["correct"] / n,
-            "val_loss": val["loss"],
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
-            "lr": lr,
-            "epoch_time_s": time.perf_counter() - epoch_t0,
-            "step_time_s": part["step_time"],
-            "data_time_s": part["data_time"],
-            "images_per_s": part["n"] / max(part["step_time"], 1e-9),
-        }
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": part["loss"] / n}
         for k, v in part["terms"].items():
             record[f"train_{k}"] = v / n
-        _call(callbacks, "on_epoch_end", state, record)
+        record.update({f"val_{k}": v for k, v in val.items() if k != "n"})
+        record.update(
+            {
+                "lr": self.lr,
+                "epoch_time_s": time.perf_counter() - self.epoch_t0,
+                "step_time_s": part["step_time"],
+                "data_time_s": part["data_time"],
+                "images_per_s": part["n"] / max(part["step_time"], 1e-9),
+            }
+        )
+        self.call("on_epoch_end", state, record)
+        key, mode = task.monitor
+        if key not in record:
+            raise ValueError(
+                f"task {task.name!r} monitors {key!r}, which the epoch record lacks "
+                f"(it has {', '.join(sorted(record))})"
+            )
         s["history"].append(record)
         s["epoch"] = epoch + 1
         s["step_in_epoch"] = 0
         s["final_val"] = val
-        if s["best_top1"] is None or val["top1"] > s["best_top1"]:
-            s["best_top1"], s["best_epoch"] = val["top1"], epoch + 1
+        value, best = record[key], s["best_value"]
+        if best is None or (value > best if mode == "max" else value < best):
+            s["best_value"], s["best_epoch"] = value, epoch + 1
             save_checkpoint(
-                best_path,
-                model,
+                self.best_path,
+                self.model,
                 meta={
                     "epoch": epoch + 1,
                     "val": val,
-                    "recipe": recipe.to_dict(),
-                    "data": {"spec": data.spec},
+                    "monitor": key,
+                    "recipe": self.recipe.to_dict(),
+                    "data": {"spec": self.data.spec},
                 },
             )
-        s["train_time_s"] = elapsed()
+        s["train_time_s"] = self.elapsed()
         if stop_reason:
             s["status"] = stop_reason
-        save_last()
-        with open(metrics_path, "a") as f:
+        self.save_last()
+        with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-    if s["status"] != "failed_nan" and s["epoch"] >= recipe.epochs:
-        s["status"] = "completed"
-    if s["status"] != "failed_nan":
-        s["train_time_s"] = elapsed()
-    if s["status"] in ("stopped_time", "stopped") and s["step_in_epoch"] > 0:
-        s["final_val"] = evaluate(
-            model, data.val, batch_size=recipe.eval_batch_size, precision=recipe.precision
+
+    def finish(self) -> FitResult:
+        s = self.s
+        if s["status"] != "failed_nan" and s["epoch"] >= self.recipe.epochs:
+            s["status"] = "completed"
+        if s["status"] != "failed_nan":
+            s["train_time_s"] = self.elapsed()
+        if s["status"] in ("stopped_time", "stopped") and s["step_in_epoch"] > 0:
+            s["final_val"] = validate(self.task, self.model, self.data.val, self.recipe, self.state)
+        best_epoch = s["best_epoch"]
+        best_record = s["history"][best_epoch - 1] if best_epoch else {}
+        result = FitResult(
+            status=s["status"],
+            epochs_completed=s["epoch"],
+            history=list(s["history"]),
+            best_val_top1=best_record.get("val_top1"),
+            best_epoch=best_epoch,
+            best_checkpoint=str(self.best_path)
+            if self.best_path.is_file() and best_epoch
+            else None,
+            last_checkpoint=str(self.last_path) if self.last_path.is_file() else None,
+            final_val=s["final_val"],
+            train_time_s=s["train_time_s"],
+            images_per_s=s["images"] / max(s["step_time_s"], 1e-9),
+            data_time_share=s["data_time_s"] / max(s["step_time_s"], 1e-9),
+            steps=s["step"],
+            out_dir=str(self.out),
+            error=self.error,
+            monitor=self.task.monitor[0],
+            best_metric=s["best_value"],
         )
-    result = FitResult(
-        status=s["status"],
-        epochs_completed=s["epoch"],
-        history=list(s["history"]),
-        best_val_top1=s["best_top1"],
-        best_epoch=s["best_epoch"],
-        best_checkpoint=str(best_path) if best_path.is_file() and s["best_epoch"] else None,
-        last_checkpoint=str(last_path) if last_path.is_file() else None,
-        final_val=s["final_val"],
-        train_time_s=s["train_time_s"],
-        images_per_s=s["images"] / max(s["step_time_s"], 1e-9),
-        data_time_share=s["data_time_s"] / max(s["step_time_s"], 1e-9),
-        steps=s["step"],
-        out_dir=str(out),
-        error=error,
-    )
-    _call(callbacks, "on_fit_end", state, result)  # callbacks may add to result.extras
-    atomic_write_text(
-        out / "fit_result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-    )
-    return result
+        self.call("on_fit_end", self.state, result)  # callbacks may add to result.extras
+        atomic_write_text(
+            self.out / "fit_result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+        )
+        return result
+
+
+def _loss_of(outputs: Any, task: Task) -> torch.Tensor:
+    if not isinstance(outputs, dict) or "loss" not in outputs:
+        raise TypeError(
+            f"task {task.name!r}: step() must return a dict with a 'loss' tensor, "
+            f"got {type(outputs).__name__}"
+        )
+    loss = outputs["loss"]
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"task {task.name!r}: step()['loss'] must be a scalar tensor")
+    return loss.float().reshape(())

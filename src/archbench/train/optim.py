@@ -32,8 +32,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    groups = param_groups(model, recipe.weight_decay)
+def build_optimizer(model: nn.Module | list[dict], recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over a model's :func:`param_groups`, or over given groups
+    (a task's ``param_groups``: the model's plus its projectors and heads)."""
+    groups = param_groups(model, recipe.weight_decay) if isinstance(model, nn.Module) else model
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             groups,

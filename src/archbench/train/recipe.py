@@ -33,6 +33,8 @@ class Recipe:
     up linearly from ``warmup_lr_ratio * lr`` over ``warmup_epochs`` and then follows a
     cosine down to ``min_lr_ratio * lr``, updated every step. ``drop_path_rate`` and
     ``drop_rate`` are recorded here and passed by the caller when it builds the model.
+    ``task`` names what a training step computes (a registered task, see
+    :mod:`archbench.train.tasks`) and ``task_args`` its arguments, both validated here.
     """
 
     name: str = "custom"
@@ -71,7 +73,8 @@ class Recipe:
     seed: int = 0
     deterministic: bool = True
     checkpoint_every_steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    task_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -131,6 +134,12 @@ class Recipe:
             )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"recipe betas must be in [0, 1), got {self.betas}")
+        from .tasks import check_task
+
+        try:
+            check_task(self.task, self.task_args)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"recipe {err}") from None
 
     # ----- conversion --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +152,11 @@ class Recipe:
             raise TypeError(f"a recipe must be a mapping of keys to values, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
+        if "extra" in unknown:
+            raise ValueError(
+                "recipe key 'extra' was replaced by 'task' and 'task_args' "
+                "(the technique's registered name and its arguments)"
+            )
         if unknown:
             raise ValueError(
                 f"unknown recipe key(s) {', '.join(map(str, unknown))}; accepted: {', '.join(sorted(known))}"
