@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from archbench.train import read_checkpoint_meta
+
+TIMINGS = ("epoch_time_s", "step_time_s", "data_time_s", "images_per_s")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _resume_worker as worker  # noqa: E402
@@ -65,3 +68,16 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     assert len(lines) == 2
     assert [h["val_top1"] for h in res.history] == [h["val_top1"] for h in ref.history]
     assert res.history[-1]["val_ema_top1"] == ref.history[-1]["val_ema_top1"]
+    assert res.history == [
+        {**h, **{k: res.history[i][k] for k in TIMINGS}} for i, h in enumerate(ref.history)
+    ]
+    # Every tensor of the final checkpoints: weights, optimizer, EMA, task state, RNG.
+    ref_ck = load_file(tmp_path / "ref" / "checkpoints" / "last.safetensors")
+    ck = load_file(out / "checkpoints" / "last.safetensors")
+    assert ref_ck.keys() == ck.keys()
+    for prefix in ("model/", "optim/", "extra/cb/ema/", "extra/task/trainable.aux_head"):
+        assert any(k.startswith(prefix) for k in ck), prefix
+    assert "extra/task/bank" in ck and int(ck["extra/task/steps"]) == total_steps
+    assert ck["extra/task/bank"].abs().sum() > 0
+    different = [k for k in ref_ck if not torch.equal(ref_ck[k], ck[k])]
+    assert not different, different[:10]

@@ -148,6 +148,7 @@ def validate(
                     targets=one_hot_smooth(y, state.data.num_classes, 0.0) if labelled else None,
                     labels=y if labelled else None,
                     index=idx.to(dev),
+                    raw=split.images[idx].to(dev),
                 )
                 with autocast(recipe.precision, dev):
                     metrics = task.eval_step(batch, vstate)

@@ -74,7 +74,7 @@ class Batch:
     (label smoothing and mixing folded in); ``labels``: (B,) class indices before mixing.
     Both are None for a task with ``uses_labels = False``. ``index``: (B,) position of
     each sample in its split. ``raw``: the uint8 images before augmentation (for tasks
-    that augment themselves, e.g. rotations or multi-crop); None in validation.
+    that augment themselves, e.g. rotations or multi-crop).
     """
 
     views: list[torch.Tensor]
