@@ -5,6 +5,7 @@ import json
 import pytest
 
 from archbench.bench.compare import CompareSpec, plan_runs, run_compare
+from archbench.train import ClassificationTask, Recipe, register_task
 
 TINY = "shapes:n_train=64,n_val=32,n_test=32"
 
@@ -76,8 +77,11 @@ def test_end_to_end_skip_and_resume(tmp_path):
     for r in records:
         assert r["status"] == "completed"
         assert (
-            0 <= r["test_top1"] <= 100 and r["params"] > 0 and r["macs"] > 0 and r["latency_ms"] > 0
+            0 <= r["test_top1"] <= 1 and r["params"] > 0 and r["macs"] > 0 and r["latency_ms"] > 0
         )
+        assert r["accuracy_unit"] == "fraction" and r["val_top1"] == max(
+            h["val_top1"] for h in r["history"]
+        )  # the same unit as the training history
         assert r["config"]["recipe"]["epochs"] == 1 and r["environment"]["torch"]
         assert "--data-seed 0" in r["reproduce"] and "--seed 0" in r["reproduce"]
         assert (out / "runs" / f"{r['model']}-seed0-{r['key']}" / "model.json").is_file()
@@ -141,3 +145,42 @@ def test_a_failing_run_is_recorded_and_others_go_on(tmp_path, monkeypatch):
     )
     assert "failed" in (tmp_path / "cmp" / "leaderboard.md").read_text()
     assert [r["model"] for r in result["rows"]][0] == "resnet_pico"
+
+
+@register_task("test_compare_weighted_ce")
+class WeightedCE(ClassificationTask):
+    """Classification with its loss scaled: a technique with an argument."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def step(self, batch, state):
+        out = super().step(batch, state)
+        out["loss"] = out["loss"] * self.scale
+        return out
+
+
+def test_the_task_travels_with_every_run(tmp_path):
+    spec = _spec(
+        tmp_path,
+        models=["resnet_pico"],
+        task="test_compare_weighted_ce",
+        task_args={"scale": 0.5},
+        explain=False,
+    )
+    runs, _ = plan_runs(spec)
+    plain, _ = plan_runs(_spec(tmp_path, models=["resnet_pico"], explain=False))
+    assert runs[0]["recipe"]["task"] == "test_compare_weighted_ce"
+    assert runs[0]["recipe"]["task_args"] == {"scale": 0.5}
+    assert runs[0]["key"] != plain[0]["key"]  # a different technique is a different run
+    run_compare(spec, log=lambda *_: None)
+    record = json.loads((tmp_path / "cmp" / "results.jsonl").read_text().splitlines()[0])
+    assert record["task"] == record["config"]["recipe"]["task"] == "test_compare_weighted_ce"
+    assert record["task_args"] == {"scale": 0.5}
+    reproduce_recipe = record["reproduce"].split("--recipe ")[1].split()[0]
+    assert Recipe.from_file(reproduce_recipe).task_args == {"scale": 0.5}
+    with pytest.raises(ValueError, match="unknown task 'nosuch'"):
+        plan_runs(_spec(tmp_path, task="nosuch"))
+    with pytest.raises(ValueError, match="accepted: scale"):
+        plan_runs(_spec(tmp_path, task="test_compare_weighted_ce", task_args={"sale": 1}))

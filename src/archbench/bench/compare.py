@@ -58,6 +58,8 @@ class CompareSpec:
     seeds: int | list[int] = 1
     epochs: int | None = None
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task: str | None = None  # None: the recipe's task
+    task_args: dict[str, Any] = field(default_factory=dict)
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
@@ -72,6 +74,8 @@ class CompareSpec:
         "seeds": (int, list),
         "epochs": (int, type(None)),
         "model_kwargs": dict,
+        "task": (str, type(None)),
+        "task_args": dict,
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
@@ -157,6 +161,8 @@ class CompareSpec:
         d.pop("jobs")
         d.pop("out")
         d["seeds"] = self.seed_list
+        if d["task"] is None and not d["task_args"]:  # the default: same identity as before
+            del d["task"], d["task_args"]
         return d
 
 
@@ -197,6 +203,10 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         recipe = recipe.replace(epochs=int(budget.value))
     if spec.epochs is not None:
         recipe = recipe.replace(epochs=spec.epochs)
+    if spec.task is not None:
+        recipe = recipe.replace(task=spec.task, task_args=spec.task_args)
+    elif spec.task_args:
+        recipe = recipe.replace(task_args={**recipe.task_args, **spec.task_args})
     data = load_dataset(spec.data, seed=spec.data_seed)
     img_size = _img_size(data)
     shape = dict(img_size=img_size, in_chans=data.in_chans, num_classes=data.num_classes)
@@ -309,7 +319,7 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
             status=fitted.status,
             epochs_completed=fitted.epochs_completed,
             history=fitted.history,
-            val_top1=None if fitted.best_val_top1 is None else 100.0 * fitted.best_val_top1,
+            val_top1=fitted.best_val_top1,  # accuracies are stored as fractions in [0, 1]
             best_epoch=fitted.best_epoch,
             train_time_s=fitted.train_time_s,
             train_images_per_s=fitted.images_per_s,
@@ -322,8 +332,8 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
             load_checkpoint(fitted.best_checkpoint, model)  # chosen on validation
             test = evaluate(model, data.test if data.test is not None else data.val)
             result.update(
-                test_top1=100.0 * test["top1"],
-                test_top5=100.0 * test["top5"],
+                test_top1=test["top1"],
+                test_top5=test["top5"],
                 test_loss=test["loss"],
                 test_n=test["n"],
                 test_split="test" if data.test is not None else "val (no test split)",
@@ -378,11 +388,25 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(_fractions(json.loads(line)))
         except json.JSONDecodeError:
             # a line cut by a kill mid-write: that run is simply redone
             print(f"warning: {path}:{n} is not a complete JSON record; its run will be redone")
     return records
+
+
+def _fractions(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its accuracies as fractions in [0, 1].
+
+    Records written before ``accuracy_unit`` was recorded held percent; they are
+    converted once, so a folder of finished runs keeps working.
+    """
+    if record.get("accuracy_unit") != "fraction":
+        for key in ("test_top1", "test_top5", "val_top1"):
+            if isinstance(record.get(key), (int, float)):
+                record[key] = record[key] / 100.0
+        record["accuracy_unit"] = "fraction"
+    return record
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -484,7 +508,10 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             "seed": cfg["seed"],
             "config": cfg,
             "model_kwargs": cfg["model_kwargs"],
+            "task": cfg["recipe"]["task"],
+            "task_args": cfg["recipe"]["task_args"],
             "run_dir": str(_run_dir(out, cfg)),
+            "accuracy_unit": "fraction",
             **{k: v for k, v in res.items() if k not in ("key", "model", "seed")},
         }
         if res.get("status") == "completed":
@@ -578,8 +605,8 @@ def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
 def _log_result(log: Any, res: dict[str, Any]) -> None:
     if res.get("status") == "completed":
         log(
-            f"  done {res['model']} seed {res['seed']}: val top-1 {res['val_top1']:.2f}%, "
-            f"test top-1 {res['test_top1']:.2f}%, {res['train_time_s']:.0f} s"
+            f"  done {res['model']} seed {res['seed']}: val top-1 {100 * res['val_top1']:.2f}%, "
+            f"test top-1 {100 * res['test_top1']:.2f}%, {res['train_time_s']:.0f} s"
         )
     else:
         log(

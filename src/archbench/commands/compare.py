@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from archbench.bench.compare import CompareSpec, run_compare
+
+from ._common import (
+    add_model_arg,
+    add_task_arg,
+    model_args_for,
+    parse_kv,
+    positive_int,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,14 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--budget",
         help="epochs[=N] | time=SECONDS | params=N|match:MODEL | flops=N|match:MODEL (default: the recipe's epochs)",
     )
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), default 1")
+    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1), default 1")
     p.add_argument(
-        "--jobs", type=int, help="runs trained in parallel; cores are split between them"
+        "--jobs", type=positive_int, help="runs trained in parallel; cores are split between them"
     )
+    add_model_arg(p, several_models=True)
+    add_task_arg(p)
+    p.add_argument("--model-kwargs", help=argparse.SUPPRESS)  # replaced by --model-arg
     p.add_argument(
-        "--model-kwargs",
-        help='JSON: per-model keyword arguments, e.g. \'{"vit_pico": {"depth": 4}}\'',
+        "--json",
+        action="store_true",
+        help="print the leaderboard rows and output paths as JSON (progress goes to stderr)",
     )
     p.add_argument("--out", help="output folder (default runs/compare)")
     p.add_argument(
@@ -67,11 +80,23 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
             data[key] = value
     if args.no_explain:
         data["explain"] = False
-    if args.model_kwargs:
-        try:
-            data["model_kwargs"] = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--model-kwargs is not valid JSON: {err}") from None
+    if args.task is not None:
+        data["task"] = args.task
+        data["task_args"] = parse_kv(args.task_arg, "--task-arg")
+    elif args.task_arg:
+        data["task_args"] = {**data.get("task_args", {}), **parse_kv(args.task_arg, "--task-arg")}
+    if args.model_kwargs is not None:
+        raise ValueError(
+            "--model-kwargs was replaced by --model-arg KEY=VALUE (every model) or "
+            "--model-arg MODEL:KEY=VALUE (one model)"
+        )
+    if args.model_arg:
+        given = model_args_for(args.model_arg, data["models"])
+        merged = {m: dict(kw) for m, kw in (data.get("model_kwargs") or {}).items()}
+        for model, kwargs in given.items():
+            if kwargs:
+                merged.setdefault(model, {}).update(kwargs)
+        data["model_kwargs"] = merged
     return CompareSpec.from_dict(data)
 
 
@@ -92,6 +117,19 @@ def _load_spec(spec: str) -> CompareSpec:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.json:  # stdout holds the JSON alone
+        result = run_compare(spec, remeasure=args.remeasure, log=_to_stderr)
+        print_json(
+            {
+                "out": str(result["out"]),
+                "leaderboard": str(result["out"] / "leaderboard.md"),
+                "report": str(result["report"]),
+                "results": str(result["out"] / "results.jsonl"),
+                "elapsed_s": result["elapsed_s"],
+                "rows": result["rows"],
+            }
+        )
+        return 0
     result = run_compare(spec, remeasure=args.remeasure)
     print()
     print(result["leaderboard"])
@@ -100,3 +138,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"results:     {result['out'] / 'results.jsonl'}")
     print(f"wall-clock:  {result['elapsed_s']:.0f} s")
     return 0
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)

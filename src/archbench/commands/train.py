@@ -10,30 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from archbench.data import load_dataset
-from archbench.models import create_model
+from archbench.models import create_model, get_model_card
 from archbench.train import fit, list_recipes, load_recipe
 from archbench.train.checkpoint import atomic_write_text
 
-from ._common import print_json
-
-
-def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when they can be (numbers, true, lists)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{what} must be key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
+from ._common import (
+    add_model_arg,
+    add_task_arg,
+    model_args_for,
+    non_negative_int,
+    parse_kv,
+    pct,
+    positive_float,
+    positive_int,
+    print_json,
+    task_changes,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,28 +42,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"shipped recipe ({', '.join(list_recipes())}) or a YAML/JSON file",
     )
     p.add_argument("--out", required=True, help="run folder (created; an existing run resumes)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
     p.add_argument(
-        "--seed", type=int, help="override the recipe's seed (also seeds the data split)"
+        "--seed",
+        type=non_negative_int,
+        help="override the recipe's seed (also seeds the data split)",
     )
     p.add_argument(
         "--data-seed",
-        type=int,
+        type=non_negative_int,
         help="seed of the train/val/test split when it should differ from --seed "
         "(a comparison keeps one split for every training seed)",
     )
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override other recipe fields")
-    p.add_argument("--model-arg", nargs="*", metavar="KEY=VALUE", help="extra model arguments")
-    p.add_argument("--max-seconds", type=float, help="wall-clock budget for the run")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+    p.add_argument("--lr", type=positive_float, help="override the recipe's learning rate")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override other recipe fields (repeat the flag or list several)",
+    )
+    add_model_arg(p)
+    add_task_arg(p)
+    p.add_argument("--max-seconds", type=positive_float, help="wall-clock budget for the run")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    get_model_card(args.model)  # an unknown name fails before any data is loaded
+    model_args = model_args_for(args.model_arg, [args.model])[args.model]
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
@@ -80,6 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             changes[key] = value
+    changes.update(task_changes(args, recipe))
     if changes:
         recipe = recipe.replace(**changes)
     data_seed = recipe.seed if args.data_seed is None else args.data_seed
@@ -91,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
         drop_rate=recipe.drop_rate,
         drop_path_rate=recipe.drop_path_rate,
     )
-    kwargs.update(parse_kv(args.model_arg, "--model-arg"))
+    kwargs.update(model_args)
     out = Path(args.out)
     info = {"model": args.model, "kwargs": kwargs, "data": args.data, "data_seed": data_seed}
     model_json = out / "model.json"
@@ -111,13 +121,14 @@ def run_train(args: argparse.Namespace) -> int:
         print_json(res.to_dict())
     else:
         for r in res.history:
-            print(
-                f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}  "
-                f"val loss {r['val_loss']:.4f} top1 {r['val_top1']:.4f} top5 {r['val_top5']:.4f}  "
-                f"{r['images_per_s']:.0f} img/s"
-            )
+            print(f"epoch {r['epoch']:>3}  " + _epoch_line(r))
+        best = (
+            f"best val top-1 {pct(res.best_val_top1)}"
+            if res.monitor == "val_top1"
+            else f"best {res.monitor} {_num(res.best_metric)}"
+        )
         print(
-            f"status {res.status}; best val top-1 {res.best_val_top1} at epoch {res.best_epoch}; "
+            f"status {res.status}; {best} at epoch {res.best_epoch}; "
             f"{res.train_time_s:.1f} s, {res.images_per_s:.0f} img/s, data share "
             f"{100 * res.data_time_share:.1f}%"
         )
@@ -126,3 +137,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"archbench train: error: {res.error}", file=__import__("sys").stderr)
         return 1
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _epoch_line(record: dict) -> str:
+    """One epoch's figures: losses as numbers, accuracies (``acc``, ``top1``, ``top5``
+    keys, stored as fractions) in percent, whatever the task logs."""
+    parts = []
+    for key, value in record.items():
+        if not (key.startswith("train_") or key.startswith("val_")):
+            continue
+        shown = pct(value) if key.endswith(("_acc", "_top1", "_top5")) else _num(value)
+        parts.append(f"{key} {shown}")
+    return "  ".join(parts) + f"  {record['images_per_s']:.0f} img/s"
