@@ -15,7 +15,7 @@ def _rec(model, seed, acc, status="completed"):
         "seed": seed,
         "status": status,
         "test_top1": acc,
-        "val_top1": acc + 1,
+        "val_top1": acc + 0.01,
         "params": 1e6,
         "macs": 2e7,
         "latency_ms": 1.0,
@@ -26,17 +26,24 @@ def _rec(model, seed, acc, status="completed"):
 
 
 def test_mean_std_and_order():
-    rows = aggregate([_rec("a", 0, 50), _rec("a", 1, 52), _rec("b", 0, 60), _rec("b", 1, 62)])
+    rows = aggregate(
+        [_rec("a", 0, 0.50), _rec("a", 1, 0.52), _rec("b", 0, 0.60), _rec("b", 1, 0.62)]
+    )
     assert [r["model"] for r in rows] == ["b", "a"]
-    assert rows[0]["test_top1"] == 61 and math.isclose(rows[0]["test_top1_std"], math.sqrt(2))
+    assert math.isclose(rows[0]["test_top1"], 0.61)
+    assert math.isclose(rows[0]["test_top1_std"], math.sqrt(2) / 100)
 
 
 def test_noise_marking():
-    close = aggregate([_rec("a", 0, 60), _rec("a", 1, 64), _rec("b", 0, 61), _rec("b", 1, 65)])
+    close = aggregate(
+        [_rec("a", 0, 0.60), _rec("a", 1, 0.64), _rec("b", 0, 0.61), _rec("b", 1, 0.65)]
+    )
     assert close[1]["vs_best"].endswith("(within noise)")
-    far = aggregate([_rec("a", 0, 60), _rec("a", 1, 60.5), _rec("b", 0, 80), _rec("b", 1, 80.5)])
-    assert far[1]["vs_best"].endswith("(outside noise)")
-    single = aggregate([_rec("a", 0, 60), _rec("b", 0, 70)])
+    far = aggregate(
+        [_rec("a", 0, 0.60), _rec("a", 1, 0.605), _rec("b", 0, 0.80), _rec("b", 1, 0.805)]
+    )
+    assert far[1]["vs_best"] == "-20.00 (outside noise)"  # percentage points
+    single = aggregate([_rec("a", 0, 0.60), _rec("b", 0, 0.70)])
     assert "noise unknown" in single[1]["vs_best"]
     assert within_noise(single[0], single[1]) is None
 
@@ -44,7 +51,7 @@ def test_noise_marking():
 def test_failed_runs_are_listed_not_hidden():
     rows = aggregate(
         [
-            _rec("a", 0, 60),
+            _rec("a", 0, 0.60),
             {"model": "b", "seed": 0, "status": "failed_nan", "error": "loss is nan"},
         ]
     )

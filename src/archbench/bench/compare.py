@@ -30,7 +30,7 @@ import yaml
 
 from ..models import create_model, get_model_card
 from .budget import measure_budget_quantity, parse_budget, scale_to_budget
-from .leaderboard import aggregate, leaderboard_markdown, leaderboard_text
+from .leaderboard import ACCURACY_KEYS, aggregate, leaderboard_markdown, leaderboard_text
 from .measure import (
     count_flops,
     count_params,
@@ -402,7 +402,7 @@ def _fractions(record: dict[str, Any]) -> dict[str, Any]:
     converted once, so a folder of finished runs keeps working.
     """
     if record.get("accuracy_unit") != "fraction":
-        for key in ("test_top1", "test_top5", "val_top1"):
+        for key in ACCURACY_KEYS:
             if isinstance(record.get(key), (int, float)):
                 record[key] = record[key] / 100.0
         record["accuracy_unit"] = "fraction"

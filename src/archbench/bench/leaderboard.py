@@ -4,6 +4,9 @@ Two models are "within noise" when the difference of their mean test accuracies 
 smaller than twice its standard error, sqrt(s1^2/n1 + s2^2/n2) (roughly a two-sided 95%
 Welch interval). With a single seed there is no estimate of the noise, and the table
 says so instead of pretending a ranking.
+
+Units: records and rows hold accuracies as fractions in [0, 1], as training stores them;
+the tables a person reads (this leaderboard, the report) show percent, 100 x fraction.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["aggregate", "leaderboard_markdown", "leaderboard_text", "within_noise"]
+__all__ = ["aggregate", "leaderboard_markdown", "leaderboard_text", "percent", "within_noise"]
+
+ACCURACY_KEYS = ("test_top1", "test_top5", "val_top1")  # fractions in [0, 1]
+
+
+def percent(fraction: float | None) -> float | None:
+    """A stored accuracy (fraction in [0, 1]) in the percent that tables and plots show."""
+    return None if fraction is None else 100.0 * fraction
+
 
 METRICS = (
     "test_top1",
@@ -87,7 +98,7 @@ def _mark_noise(rows: list[dict[str, Any]]) -> None:
             r["vs_best"] = "best"
             continue
         tie = within_noise(r, best)
-        diff = r["test_top1"] - best["test_top1"]
+        diff = percent(r["test_top1"] - best["test_top1"])  # in percentage points
         if tie is None:
             r["vs_best"] = f"{diff:+.2f} (1 seed: noise unknown)"
         elif tie:
@@ -99,10 +110,17 @@ def _mark_noise(rows: list[dict[str, Any]]) -> None:
     best["tied_with_best"] = True
 
 
-def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
     if mean is None:
         return "-"
-    return f"{mean:{fmt}}" if std is None else f"{mean:{fmt}} ± {std:{fmt}}"
+    if std is None:
+        return f"{scale * mean:{fmt}}"
+    return f"{scale * mean:{fmt}} ± {scale * std:{fmt}}"
+
+
+def _accuracy(mean: float | None, std: float | None) -> str:
+    """A fraction's mean (and std) as percent: 0.845, 0.012 -> '84.50 ± 1.20%'."""
+    return "-" if mean is None else _pm(mean, std, ".2f", scale=100.0) + "%"
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -122,8 +140,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
         ]
     return [
         r["model"],
-        _pm(r["test_top1"], r["test_top1_std"], ".2f"),
-        _pm(r["val_top1"], r["val_top1_std"], ".2f"),
+        _accuracy(r["test_top1"], r["test_top1_std"]),
+        _accuracy(r["val_top1"], r["val_top1_std"]),
         f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-",
         f"{r['macs'] / 1e6:.1f}" if r["macs"] is not None else "-",
         _pm(r["latency_ms"], r["latency_ms_std"], ".2f"),
@@ -137,8 +155,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 HEADERS = [
     "model",
-    "test top-1 (%)",
-    "val top-1 (%)",
+    "test top-1",
+    "val top-1",
     "params (M)",
     "MMACs",
     "latency b1 (ms)",
@@ -146,7 +164,7 @@ HEADERS = [
     "peak mem (MB)",
     "train (s)",
     "seeds",
-    "vs best",
+    "vs best (% points)",
 ]
 
 

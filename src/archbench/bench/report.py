@@ -1,7 +1,8 @@
 """The comparison report: plots (PNG and SVG files) and one self-contained ``report.html``.
 
 The HTML embeds its plots as inline SVG and its styles inline: it opens in a browser
-with no network access.
+with no network access. Accuracies arrive as fractions in [0, 1]; every axis and table
+here shows them in percent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from .leaderboard import HEADERS, _cells  # noqa: E402
+from .leaderboard import HEADERS, _accuracy, _cells, percent  # noqa: E402
 
 __all__ = ["pareto_front", "write_plots", "write_report"]
 
@@ -45,9 +46,9 @@ def _scatter(
         r for r in rows if r["n"] > 0 and r.get(key) is not None and r.get("test_top1") is not None
     ]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    pts = [(r[key] / scale, r["test_top1"]) for r in done]
+    pts = [(r[key] / scale, percent(r["test_top1"])) for r in done]
     for r, (x, y) in zip(done, pts):
-        yerr = r.get("test_top1_std")
+        yerr = percent(r.get("test_top1_std"))
         ax.errorbar([x], [y], yerr=[yerr] if yerr else None, fmt="o", capsize=3)
         ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = pareto_front(pts)
@@ -85,7 +86,11 @@ def _curves(records: list[dict[str, Any]]) -> plt.Figure:
             epochs = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
             label = model if k == 0 else None
             axes[0].plot(
-                epochs, [h.get("val_top1") for h in hist], color=color, alpha=0.8, label=label
+                epochs,
+                [percent(h.get("val_top1")) for h in hist],
+                color=color,
+                alpha=0.8,
+                label=label,
             )
             axes[1].plot(
                 epochs, [h.get("train_loss") for h in hist], color=color, alpha=0.8, label=label
@@ -160,8 +165,8 @@ def write_report(
             r["model"],
             r.get("seed"),
             r.get("status"),
-            f"{r['test_top1']:.2f}" if r.get("test_top1") is not None else "-",
-            f"{r['val_top1']:.2f}" if r.get("val_top1") is not None else "-",
+            _accuracy(r.get("test_top1"), None),
+            _accuracy(r.get("val_top1"), None),
             r.get("epochs_completed", "-"),
             r.get("key", ""),
             r.get("error", "")[:100],

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-
 # ----- argument types: bad values fail in the parser, with the option's name ---------
 
 
@@ -133,6 +132,8 @@ def check_writable_file(path: str | None, what: str) -> None:
 def looks_like_path(text: str) -> bool:
     """True for an argument a person meant as a file or folder rather than a name."""
     if "/" in text or "\\" in text or text.startswith((".", "~")):
+        return True
+    if text.endswith((".safetensors", ".json", ".yaml", ".yml")):
         return True
     return Path(text).exists()
 

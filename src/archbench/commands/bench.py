@@ -10,7 +10,15 @@ import torch
 from archbench.bench import environment, measure_model
 from archbench.models import create_model, get_model_card
 
-from ._common import format_table, print_json, progress
+from ._common import (
+    add_model_arg,
+    check_writable_file,
+    format_table,
+    model_args_for,
+    positive_int,
+    print_json,
+    progress,
+)
 
 COLUMNS = [
     ("model", "model"),
@@ -26,12 +34,22 @@ COLUMNS = [
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure params, MACs, latency, throughput and memory")
     p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("--img-size", type=int, help="input size (default: each card's)")
     p.add_argument(
-        "--batch", type=int, default=64, help="batch for throughput and memory (default 64)"
+        "--img-size",
+        type=positive_int,
+        help="input size; models are built for it (default: each card's)",
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--repeats", type=int, default=20, help="timed latency passes after warm-up")
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=64,
+        help="batch for throughput and memory (default 64)",
+    )
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=20, help="timed latency passes after warm-up"
+    )
+    add_model_arg(p, several_models=True)
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.add_argument("--out", help="also write the JSON records to this file")
     p.set_defaults(func=run_bench)
@@ -43,15 +61,27 @@ def bench_models(
     batch: int,
     repeats: int = 20,
     throughput_seconds: float = 1.0,
+    model_kwargs: dict[str, dict] | None = None,
 ) -> list[dict]:
+    """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``)."""
     for name in names:  # validate every name before measuring any
         get_model_card(name)
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    if img_size is not None and img_size < 1:
+        raise ValueError(f"--img-size must be >= 1, got {img_size}")
+    kwargs_of = {}
+    for name in names:
+        kwargs = dict((model_kwargs or {}).get(name, {}))
+        if img_size is not None:  # models with a fixed token grid are built for the size
+            kwargs.setdefault("img_size", img_size)
+        with torch.device("meta"):  # a bad argument fails here, before anything is timed
+            create_model(name, **kwargs)
+        kwargs_of[name] = kwargs
     records = []
     for name in progress(names, desc="bench"):
         torch.manual_seed(0)
-        model = create_model(name)
+        model = create_model(name, **kwargs_of[name])
         rec = measure_model(
             model,
             img_size,
@@ -60,6 +90,8 @@ def bench_models(
             throughput_seconds=throughput_seconds,
         )
         rec["model"] = name
+        if kwargs_of[name]:
+            rec["model_kwargs"] = kwargs_of[name]
         records.append(rec)
     return records
 
@@ -89,9 +121,13 @@ def print_bench_table(records: list[dict], batch: int) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, "--out")
+    kwargs = model_args_for(args.model_arg, args.models)
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = bench_models(args.models, args.img_size, args.batch, args.repeats)
+    records = bench_models(
+        args.models, args.img_size, args.batch, args.repeats, model_kwargs=kwargs
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(records, f, indent=2)

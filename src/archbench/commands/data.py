@@ -6,7 +6,7 @@ import argparse
 
 from archbench.data import list_datasets, load_dataset
 
-from ._common import print_json
+from ._common import non_negative_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e.g. shapes:num_classes=10,img_size=32 or folder:/data/pets,img_size=64",
     )
     p.add_argument("spec", help="dataset spec, e.g. 'shapes', 'digits', 'folder:/path'")
-    p.add_argument("--seed", type=int, default=0, help="seed of procedural data and of the split")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of procedural data and of the split"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_data)
 
 

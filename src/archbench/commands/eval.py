@@ -10,11 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
+from archbench.bench.runs import locate_checkpoint
 from archbench.data import load_dataset
 from archbench.models import create_model
-from archbench.train import evaluate, load_checkpoint
+from archbench.train import check_model_data, evaluate, load_checkpoint
 
-from ._common import print_json
+from ._common import non_negative_int, pct, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,37 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--which", default="best", choices=["best", "last"], help="checkpoint of a run folder"
     )
-    p.add_argument("--seed", type=int, help="data seed (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=non_negative_int, help="data seed (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--json", action="store_true", help="print JSON (accuracies as fractions)")
     p.set_defaults(func=run_eval)
 
 
-def _locate(path: Path, which: str) -> tuple[Path, Path]:
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        ck = path / "checkpoints" / f"{which}.safetensors"
-        run = path
-    else:
-        ck = path
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if not ck.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(ck)!r}")
-    if not (run / "model.json").is_file():
-        raise FileNotFoundError(
-            f"no model.json in {str(run)!r}: the run folder records which model to build"
-        )
-    return ck, run
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    ck, run = _locate(Path(args.checkpoint), args.which)
+    ck, run = locate_checkpoint(Path(args.checkpoint), args.which)
     info = json.loads((run / "model.json").read_text())
     spec = args.data or info["data"]
     data = load_dataset(spec, seed=info.get("data_seed", 0) if args.seed is None else args.seed)
     model = create_model(info["model"], **info["kwargs"])
     meta = load_checkpoint(ck, model)["meta"]
+    check_model_data(model, data)  # another --data must have the run's channels and classes
     m = evaluate(model, data, split=args.split, batch_size=args.batch_size)
     result = {
         "checkpoint": str(ck),
@@ -72,6 +56,6 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         print(
             f"{info['model']} ({ck.name}, epoch {result['epoch']}) on {spec} [{args.split}, n={m['n']}]: "
-            f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss {m['loss']:.4f}"
+            f"top-1 {pct(m['top1'])}  top-5 {pct(m['top5'])}  loss {m['loss']:.4f}"
         )
     return 0

@@ -23,7 +23,15 @@ from archbench.explain import (
 )
 from archbench.models import create_model, get_model_card
 
-from ._common import format_table
+from ._common import (
+    add_model_arg,
+    format_table,
+    looks_like_path,
+    model_args_for,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,26 +49,49 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", help="take held-out images from this dataset spec (default: the run's data)"
     )
     p.add_argument(
-        "--num-images", type=int, default=8, help="how many held-out images with --data (default 8)"
+        "--num-images",
+        type=positive_int,
+        default=8,
+        help="how many held-out images with --data (default 8)",
     )
     p.add_argument(
-        "--method", nargs="*", default=["gradcam"], help=f"methods: {', '.join(METHODS)}, or all"
+        "--method", nargs="+", default=["gradcam"], help=f"methods: {', '.join(METHODS)}, or all"
     )
-    p.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    p.add_argument(
+        "--target", type=non_negative_int, help="class to explain (default: the predicted class)"
+    )
     p.add_argument("--layer", help="module path to explain (default: the model's cam_target)")
+    add_model_arg(p)
     p.add_argument("--score", action="store_true", help="print the deletion / insertion table")
+    p.add_argument(
+        "--json", action="store_true", help="print what was written (and the scores) as JSON"
+    )
     p.add_argument("--out", default="explanations", help="output folder (default explanations)")
     p.set_defaults(func=run_explain)
 
 
-def _load_model(spec: str) -> tuple[torch.nn.Module, dict]:
+def _load_model(
+    spec: str, model_arg: list[str] | None, quiet: bool
+) -> tuple[torch.nn.Module, dict]:
     if Path(spec).exists():
+        if model_arg:
+            raise ValueError(
+                "--model-arg goes with a model name; a run folder rebuilds its model from model.json"
+            )
         return load_trained(spec)
-    card = get_model_card(spec)  # unknown names fail with the closest matches
-    print(f"note: {spec} is not a run folder; explaining a randomly initialised {spec}")
-    return create_model(spec).eval(), {
+    if looks_like_path(spec):
+        raise FileNotFoundError(f"run folder or checkpoint {spec!r} does not exist")
+    try:
+        card = get_model_card(spec)
+    except ValueError as err:  # the closest registered names are in the message
+        raise ValueError(f"no run folder {spec!r} here, and {err}") from None
+    kwargs = model_args_for(model_arg, [spec])[spec]
+    model = create_model(spec, **kwargs).eval()
+    if not quiet:
+        print(f"note: {spec} is not a run folder; explaining a randomly initialised {spec}")
+    return model, {
         "model": spec,
-        "kwargs": {"img_size": card.img_size},
+        "kwargs": {"img_size": card.img_size, **kwargs},
         "data": None,
     }
 
@@ -84,7 +115,12 @@ def run_explain(args: argparse.Namespace) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)} or all")
-    model, info = _load_model(args.model)
+    model, info = _load_model(args.model, args.model_arg, quiet=args.json)
+    num_classes = getattr(model, "num_classes", None)
+    if args.target is not None and num_classes and args.target >= num_classes:
+        raise ValueError(
+            f"--target {args.target} is not a class of this model (0..{num_classes - 1})"
+        )
     in_chans = getattr(model, "in_chans", 3)
     size = int(info["kwargs"].get("img_size", 224))
     data_spec = args.data or info.get("data")
@@ -121,12 +157,24 @@ def run_explain(args: argparse.Namespace) -> int:
                 scale=max(1, 128 // size),
             )
     panel = save_panel(out / "panel.png", display, maps, row_labels=names, title=f"{info['model']}")
-    print(f"wrote {len(names)} x {len(methods)} overlays under {out}/ and the panel {panel}")
+    report: dict = {
+        "model": info["model"],
+        "images": names,
+        "methods": methods,
+        "overlays": str(out),
+        "panel": str(panel),
+    }
+    if not args.json:
+        print(f"wrote {len(names)} x {len(methods)} overlays under {out}/ and the panel {panel}")
     if args.score:
         rows = faithfulness_table(
             model, x, methods, targets=None if targets is None else torch.full((len(x),), targets)
         )
         (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
+        report["faithfulness"] = rows
+    if args.json:
+        print_json(report)
+    elif args.score:
         print(
             format_table(
                 rows,

@@ -17,6 +17,8 @@ from typing import Any
 
 from archbench.bench.kan_study import SymbolicConfig, compare_verdicts, symbolic_study
 
+from ._common import positive_int
+
 TASKS = ("symbolic", "shapes", "digits", "all")
 IMAGE_PRESETS = (
     "kan-vs-mlp-params",
@@ -36,23 +38,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "kan_study.md saying where KANs win and lose (seed noise taken into account).",
     )
     p.add_argument("--task", choices=TASKS, default="all", help="which part to run (default all)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    p.add_argument(
+        "--seeds", type=positive_int, default=3, help="seeds per configuration (default 3)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: few L-BFGS steps, 1 epoch on tiny data (numbers are not meaningful)",
     )
-    p.add_argument("--epochs", type=int, help="override the presets' epochs for the image parts")
-    p.add_argument("--jobs", type=int, default=1, help="image runs trained in parallel")
+    p.add_argument(
+        "--epochs", type=positive_int, help="override the presets' epochs for the image parts"
+    )
+    p.add_argument("--jobs", type=positive_int, default=1, help="image runs trained in parallel")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
-def _fmt(mean: float | None, std: float | None, spec: str) -> str:
+def _fmt(mean: float | None, std: float | None, spec: str, scale: float = 1.0) -> str:
     if mean is None:
         return "-"
-    text = format(mean, spec)
-    return text if std is None else f"{text} ± {format(std, spec)}"
+    text = format(scale * mean, spec)
+    return text if std is None else f"{text} ± {format(scale * std, spec)}"
 
 
 def _symbolic_section(result: dict[str, Any], seeds: int) -> tuple[str, list[str], list[str]]:
@@ -114,7 +120,7 @@ def _image_section(
             continue
         lines.append(
             f"| {r['model']} | `{json.dumps(r['scaled_kwargs'], separators=(',', ':'))}` | "
-            f"{r['params']:,.0f} | {r['macs']:,.0f} | {_fmt(r['test_top1'], r['test_top1_std'], '.2f')} | "
+            f"{r['params']:,.0f} | {r['macs']:,.0f} | {_fmt(r['test_top1'], r['test_top1_std'], '.2f', scale=100)} | "
             f"{_fmt(r['train_time_s'], r['train_time_s_std'], '.0f')} |"
         )
     done = [r for r in rows if r.get("n")]
@@ -122,15 +128,19 @@ def _image_section(
     others = [r for r in done if not r["model"].startswith("kan_")]
     wins, losses = [], []
     if kans and others:
-        lines += ["", "| KAN model | vs | difference (points) | verdict |", "|---|---|---:|---|"]
+        lines += [
+            "",
+            "| KAN model | vs | difference (% points) | verdict |",
+            "|---|---|---:|---|",
+        ]
         for k in kans:
             for o in others:
                 verdict = compare_verdicts(k, o, "test_top1", higher_is_better=True)
-                diff = k["test_top1"] - o["test_top1"]
+                diff = 100 * (k["test_top1"] - o["test_top1"])  # stored as fractions
                 lines.append(f"| {k['model']} | {o['model']} | {diff:+.2f} | {verdict} |")
                 desc = (
                     f"`{preset}`: {k['model']} vs {o['model']} "
-                    f"({k['test_top1']:.1f}% vs {o['test_top1']:.1f}%)"
+                    f"({100 * k['test_top1']:.1f}% vs {100 * o['test_top1']:.1f}%)"
                 )
                 if verdict == "KAN wins":
                     wins.append(desc)

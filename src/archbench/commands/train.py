@@ -15,7 +15,7 @@ import torch
 
 from archbench.data import load_dataset
 from archbench.models import create_model, get_model_card
-from archbench.train import fit, list_recipes, load_recipe
+from archbench.train import create_task, fit, list_recipes, load_recipe
 from archbench.train.checkpoint import atomic_write_text
 
 from ._common import (
@@ -114,9 +114,13 @@ def run_train(args: argparse.Namespace) -> int:
             )
     torch.manual_seed(recipe.seed)
     model = create_model(args.model, **kwargs)
+    task = create_task(recipe.task, recipe.task_args)
+    task.check(model, data)  # before anything is written: a bad run leaves no model.json
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(model_json, json.dumps(info, indent=2) + "\n")
-    res = fit(model, data, recipe, out, resume=not args.fresh, max_seconds=args.max_seconds)
+    res = fit(
+        model, data, recipe, out, task=task, resume=not args.fresh, max_seconds=args.max_seconds
+    )
     if args.json:
         print_json(res.to_dict())
     else:

@@ -304,9 +304,9 @@ class _Run:
         meta = read_checkpoint_meta(self.last_path)
         if meta.get("recipe") != self.recipe.to_dict():
             raise ValueError(
-                f"{self.last_path} was written by a different recipe; use another out_dir, "
-                "resume=False to start over, or the recipe in "
-                f"{self.out / 'recipe.yaml'}"
+                f"{self.last_path} was written by a different recipe; use another output "
+                "folder, start over (archbench train --fresh, or fit(..., resume=False)), or "
+                f"the recipe in {self.out / 'recipe.yaml'}"
             )
         ck = load_checkpoint(self.last_path, self.model, self.optimizer)
         self.s.update(ck["meta"]["state"])
