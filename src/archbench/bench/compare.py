@@ -623,7 +623,7 @@ def _explain_sections(
     from ..data import load_dataset
     from ..data.transforms import normalize
     from ..explain import explain, save_panel, to_display
-    from .runs import load_trained
+    from ..runs import load_trained
 
     done = {}
     for r in records:

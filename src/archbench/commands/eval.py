@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from archbench.bench.runs import locate_checkpoint
+from archbench.runs import locate_checkpoint
 from archbench.data import load_dataset
 from archbench.models import create_model
 from archbench.train import check_model_data, evaluate, load_checkpoint

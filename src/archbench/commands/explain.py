@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from archbench.bench.runs import load_trained
+from archbench.runs import load_trained
 from archbench.data import load_dataset
 from archbench.data.transforms import normalize
 from archbench.explain import (

@@ -66,6 +66,9 @@ class AdditiveBlock(nn.Module):
 class CASViT(ImageClassifier):
     """CAS-ViT classifier (RCViT in the official code)."""
 
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -85,10 +88,9 @@ class CASViT(ImageClassifier):
             raise ValueError("dims and depths need one entry per stage")
         if stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
-        reduction = stem_stride * 2 ** (n - 1)
-        check_img_size(img_size, reduction, "CASViT")
+        check_img_size(img_size, 1, "CASViT")
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, dims[-1]
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         half = dims[0] // 2
         s1, s2 = {1: (1, 1), 2: (2, 1), 4: (2, 2)}[stem_stride]
         self.stem = nn.Sequential(
@@ -130,6 +132,16 @@ class CASViT(ImageClassifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.norm(self.stages(self.stem(x)))
+
+    def forward_distill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class-head logits, distillation-head logits)`` of images ``x``."""
+        if isinstance(self.dist_head, nn.Identity):
+            raise ValueError(
+                f"{type(self).__name__} was built with distillation=False (or no classes): "
+                "it has no distillation head"
+            )
+        pooled = self.head_drop(self.forward_features(x).mean(dim=(2, 3)))
+        return self.head(pooled), self.dist_head(pooled)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))

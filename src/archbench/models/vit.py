@@ -69,6 +69,10 @@ class VisionTransformer(ImageClassifier):
     and on the attention weights (the ViT paper's "dropout" is the first two).
     """
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -104,6 +108,11 @@ class VisionTransformer(ImageClassifier):
         self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size
+        self.rebuild_note = (
+            "and move the weights with archbench.models.vit.adapt_state_dict "
+            "(it resamples the position embedding)"
+        )
         self.num_prefix_tokens = 1 + int(self._distilled)
 
         self.patch_embed = PatchEmbed(size, patch_size, in_chans, embed_dim)
@@ -159,18 +168,6 @@ class VisionTransformer(ImageClassifier):
                     nn.init.zeros_(m.bias)
 
     # ----- input and tokens --------------------------------------------------------
-    def check_input(self, x: torch.Tensor) -> None:
-        if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.in_chans:
-            h, w = x.shape[-2:]
-            if (h, w) != self.fixed_input_size:
-                raise ValueError(
-                    f"{type(self).__name__} was built for img_size={self.fixed_input_size} "
-                    f"(a {self.patch_embed.grid_size} patch grid) but got {(h, w)}; rebuild "
-                    f"with img_size={h if h == w else (h, w)} and move the weights with "
-                    "archbench.models.vit.adapt_state_dict (it resamples the position embedding)"
-                )
-        super().check_input(x)
-
     def prefix_tokens(self, batch: int) -> torch.Tensor:
         tokens = [self.cls_token]
         if self._distilled:
@@ -229,6 +226,11 @@ class DistilledVisionTransformer(VisionTransformer):
     def set_distilled_training(self, enable: bool = True) -> None:
         """Make ``forward`` return both heads' logits while the model is in training mode."""
         self.distilled_training = bool(enable)
+
+    def forward_distill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class-head logits, distillation-head logits)`` of images ``x``, in any mode."""
+        feats = self.forward_features(x)
+        return self.head(self.head_drop(feats[:, 0])), self.head_dist(self.head_drop(feats[:, 1]))
 
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)

@@ -336,18 +336,21 @@ class _Run:
             if hasattr(cb, "state_dict"):
                 for k, v in cb.state_dict().items():
                     extra[f"cb/{cb_name}/{k}"] = v
-        data = self.data
-        meta = {
-            "recipe": self.recipe.to_dict(),
-            "data": {
-                "spec": data.spec,
-                "num_classes": data.num_classes,
-                "in_chans": data.in_chans,
-                "img_size": data.img_size,
-            },
-            "state": self.s,
-        }
+        meta = {"recipe": self.recipe.to_dict(), "data": self.data_meta(), "state": self.s}
         save_checkpoint(self.last_path, self.model, self.optimizer, extra_tensors=extra, meta=meta)
+
+    def data_meta(self) -> dict[str, Any]:
+        """What a checkpoint records of its data: enough to feed the model later (a
+        teacher for another dataset's student converts inputs with mean and std)."""
+        data = self.data
+        return {
+            "spec": data.spec,
+            "num_classes": data.num_classes,
+            "in_chans": data.in_chans,
+            "img_size": data.img_size,
+            "mean": None if data.mean is None else [float(m) for m in data.mean],
+            "std": None if data.std is None else [float(v) for v in data.std],
+        }
 
     # ----- the loop ----------------------------------------------------------------
     def run(self, resume: bool) -> FitResult:
@@ -534,7 +537,7 @@ class _Run:
                     "val": val,
                     "monitor": key,
                     "recipe": self.recipe.to_dict(),
-                    "data": {"spec": self.data.spec},
+                    "data": self.data_meta(),
                 },
             )
         s["train_time_s"] = self.elapsed()

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..models import create_model
-from ..train import load_checkpoint
+from .models import create_model
+from .train import load_checkpoint
 
 __all__ = ["MODEL_JSON", "load_trained", "locate_checkpoint"]
 
