@@ -22,15 +22,6 @@ RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    """A resnet_pico teacher trained briefly through the command line."""
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    argv = ["train", "resnet_pico", "--data", SPEC, "--epochs", "3", "--batch-size", "16"]
-    assert main([*argv, "--lr", "0.005", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def data():
     return load_dataset(SPEC, seed=0)
 
