@@ -140,6 +140,44 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("--out is a file", ["resnet_pico", "--data", TINY, "--out", "{file}"], r"not a folder"),
         ("no --data", ["resnet_pico", "--out", "{out}"], r"required.*--data"),
     ],
+    "distill": [
+        (
+            "unknown method",
+            ["--teacher", "resnet_pico", "--student", "vit_pico", "--method", "kdd",
+             "--data", TINY, "--out", "{out}"],
+            r"unknown task 'kdd'",
+        ),
+        (
+            "misspelt teacher",
+            ["--teacher", "resnet_picoo", "--student", "vit_pico", "--method", "kd",
+             "--data", TINY, "--out", "{out}"],
+            r"resnet_pico",
+        ),
+        (
+            "method that cannot train the student",
+            ["--teacher", "resnet_pico", "--student", "resnet_pico", "--method", "deit",
+             "--data", TINY, "--out", "{out}"],
+            r"student resnet_pico with deit: .*distillation head",
+        ),
+        (
+            "unknown method argument",
+            ["--teacher", "resnet_pico", "--student", "vit_pico", "--method", "kd",
+             "--method-arg", "kd:temprature=2", "--data", TINY, "--out", "{out}"],
+            r"temprature.*accepted: teacher, temperature",
+        ),
+        (
+            "method argument for another method",
+            ["--teacher", "resnet_pico", "--student", "vit_pico", "--method", "kd",
+             "--method-arg", "deit:tau=2", "--data", TINY, "--out", "{out}"],
+            r"METHOD:KEY=VALUE with METHOD one of kd",
+        ),
+        (
+            "missing teacher folder",
+            ["--teacher", "/no/such/run", "--student", "vit_pico", "--method", "kd",
+             "--data", TINY, "--out", "{out}"],
+            r"no/such/run",
+        ),
+    ],
     "compare": [
         ("no model", on_tiny(models=()), r"at least one MODEL"),
         ("misspelt model", on_tiny(models=("resnet_pico", "vit_picoo")), r"vit_picoo"),

@@ -30,7 +30,14 @@ import yaml
 
 from ..models import create_model, get_model_card
 from .budget import measure_budget_quantity, parse_budget, scale_to_budget
-from .leaderboard import ACCURACY_KEYS, aggregate, leaderboard_markdown, leaderboard_text
+from .leaderboard import (
+    ACCURACY_KEYS,
+    aggregate,
+    distill_gains,
+    distill_gains_markdown,
+    leaderboard_markdown,
+    leaderboard_text,
+)
 from .measure import (
     count_flops,
     count_params,
@@ -60,6 +67,9 @@ class CompareSpec:
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     task: str | None = None  # None: the recipe's task
     task_args: dict[str, Any] = field(default_factory=dict)
+    # {teacher: RUN|MODEL, methods: [NAME | {name, args}], baseline: true}: every model is
+    # a student trained with each method and (baseline) without distillation
+    distill: dict[str, Any] | None = None
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
@@ -76,6 +86,7 @@ class CompareSpec:
         "model_kwargs": dict,
         "task": (str, type(None)),
         "task_args": dict,
+        "distill": (dict, type(None)),
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
@@ -163,6 +174,8 @@ class CompareSpec:
         d["seeds"] = self.seed_list
         if d["task"] is None and not d["task_args"]:  # the default: same identity as before
             del d["task"], d["task_args"]
+        if d["distill"] is None:
+            del d["distill"]
         return d
 
 
@@ -186,7 +199,7 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     named at once), a bad recipe or data spec, a budget a model cannot be scaled to.
     """
     from ..data import load_dataset
-    from ..train import load_recipe
+    from ..train import create_task, load_recipe
 
     unknown = []
     for name in spec.models:
@@ -236,6 +249,7 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
     recipe_dict = recipe.to_dict()
     runs = []
+    entries = _distill_entries(spec, recipe, shape, runs) if spec.distill else [(None, recipe)]
     for name in spec.models:
         kwargs = dict(spec.model_kwargs.get(name, {}))
         if name in scaled:
@@ -243,23 +257,36 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         # Fail now on a keyword the model does not take, not after hours of other runs.
         with torch.device("meta"):
-            create_model(name, **shape, **kwargs)
-        for seed in spec.seed_list:
-            cfg = {
-                "model": name,
-                "model_kwargs": kwargs,
-                "data": spec.data,
-                "data_seed": spec.data_seed,
-                "recipe": recipe_dict,
-                "seed": seed,
-                "budget": budget.to_dict(),
-                "budget_target": target,
-                "max_seconds": budget.value if budget.kind == "time" else None,
-                "measure_batch": spec.measure_batch,
-                "img_size": img_size,
-            }
-            cfg["key"] = _hash(cfg)
-            runs.append(cfg)
+            meta_model = create_model(name, **shape, **kwargs)
+        for method, entry_recipe in entries:
+            if method is not None and entry_recipe.task != "classification":
+                task = create_task(entry_recipe.task, entry_recipe.task_args)
+                check = getattr(task, "check_student", None)
+                try:
+                    if check is not None:
+                        check(meta_model)
+                except ValueError as err:
+                    raise ValueError(f"student {name} with {method}: {err}") from None
+        for method, entry_recipe in entries:
+            for seed in spec.seed_list:
+                cfg = {
+                    "model": name,
+                    "model_kwargs": kwargs,
+                    "data": spec.data,
+                    "data_seed": spec.data_seed,
+                    "recipe": entry_recipe.to_dict(),
+                    "seed": seed,
+                    "budget": budget.to_dict(),
+                    "budget_target": target,
+                    "max_seconds": budget.value if budget.kind == "time" else None,
+                    "measure_batch": spec.measure_batch,
+                    "img_size": img_size,
+                }
+                if method is not None:  # a distillation entry: the student with one method
+                    cfg["method"] = method
+                    cfg["entry"] = f"{name} + {method}"
+                cfg["key"] = _hash(cfg)
+                runs.append(cfg)
     context = {
         "data": data.describe(),
         "recipe": recipe_dict,
@@ -268,6 +295,86 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "scaled": scaled,
     }
     return runs, context
+
+
+DISTILL_KEYS = ("teacher", "methods", "baseline")
+
+
+def _distill_entries(
+    spec: CompareSpec, recipe: Any, shape: dict[str, Any], runs: list[dict[str, Any]]
+) -> list[tuple[str, Any]]:
+    """The distillation axis: (method label, recipe) for the baseline and each method.
+
+    A teacher given by model name is trained first, once (seed 0, the comparison's
+    recipe with plain classification), as a run of its own that ``runs`` receives.
+    """
+    from ..train.tasks import task_arguments
+
+    d = dict(spec.distill or {})
+    unknown = sorted(set(d) - set(DISTILL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown distill key(s) {unknown}; accepted: {', '.join(DISTILL_KEYS)}")
+    if not d.get("teacher") or not d.get("methods"):
+        raise ValueError("distill needs a teacher (run folder or model name) and a methods list")
+    teacher = str(d["teacher"])
+    if Path(teacher).exists():
+        teacher_dir = str(Path(teacher).resolve())
+    else:
+        get_model_card(teacher)  # neither a folder nor a model: fails with close names
+        plain = recipe.replace(task="classification", task_args={})
+        cfg = {
+            "model": teacher,
+            "model_kwargs": {},
+            "data": spec.data,
+            "data_seed": spec.data_seed,
+            "recipe": plain.to_dict(),
+            "seed": 0,
+            "budget": {"kind": "epochs"},
+            "budget_target": None,
+            "max_seconds": None,
+            "measure_batch": spec.measure_batch,
+            "img_size": shape["img_size"],
+            "role": "teacher",
+            "entry": f"{teacher} (teacher)",
+        }
+        cfg["key"] = _hash(cfg)
+        runs.append(cfg)
+        teacher_dir = str(_run_dir(Path(spec.out).resolve(), cfg))
+    entries: list[tuple[str, Any]] = []
+    if d.get("baseline", True):
+        entries.append(("no KD", recipe.replace(task="classification", task_args={})))
+    methods = [
+        (m, {}) if isinstance(m, str) else (m.get("name"), dict(m.get("args") or {}))
+        for m in d["methods"]
+    ]
+    names = [name for name, _ in methods]
+    seen = set()
+    for name, args in methods:
+        label = name
+        if names.count(name) > 1:  # the same method with other arguments: label by them
+            label = f"{name}({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})"
+        if label in seen:
+            raise ValueError(f"distill method {label!r} is listed twice with the same arguments")
+        seen.add(label)
+        if "teacher" in task_arguments(name):
+            args["teacher"] = teacher_dir
+        entries.append((label, recipe.replace(task=name, task_args=args)))
+    return entries
+
+
+def _markdown_table_html(text: str) -> str:
+    """A markdown table (and the paragraph under it) as HTML, escaped."""
+    import html
+
+    rows, notes = [], []
+    for line in text.strip().splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+        elif line.strip() and not line.startswith("|"):
+            notes.append(html.escape(line.strip()))
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table><p>{' '.join(notes)}</p>"
 
 
 def _img_size(data: Any) -> int:
@@ -476,16 +583,21 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
     jobs = max(1, min(spec.jobs, len(todo) or 1, cores))
     threads = max(1, cores // jobs)
     trained: dict[str, dict[str, Any]] = {}
-    if todo:
+    for cfg in [c for c in todo if c.get("role") == "teacher"]:  # students need it first
+        log(f"training the teacher {cfg['model']}")
+        trained[cfg["key"]] = train_run(cfg, str(out), cores)
+        _log_result(log, trained[cfg["key"]])
+    students = [c for c in todo if c.get("role") != "teacher"]
+    if students:
         if jobs == 1:
-            for i, cfg in enumerate(todo, 1):
-                log(f"[{i}/{len(todo)}] training {cfg['model']} seed {cfg['seed']}")
+            for i, cfg in enumerate(students, 1):
+                log(f"[{i}/{len(students)}] training {cfg['model']} seed {cfg['seed']}")
                 trained[cfg["key"]] = train_run(cfg, str(out), threads)
                 _log_result(log, trained[cfg["key"]])
         else:
             ctx = mp.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(train_run, cfg, str(out), threads): cfg for cfg in todo}
+                futures = {pool.submit(train_run, cfg, str(out), threads): cfg for cfg in students}
                 for fut in cf.as_completed(futures):
                     cfg = futures[fut]
                     try:
@@ -508,6 +620,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             "seed": cfg["seed"],
             "config": cfg,
             "model_kwargs": cfg["model_kwargs"],
+            **{k: cfg[k] for k in ("entry", "method", "role") if k in cfg},
             "task": cfg["recipe"]["task"],
             "task_args": cfg["recipe"]["task_args"],
             "run_dir": str(_run_dir(out, cfg)),
@@ -534,19 +647,25 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         f"Measured on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}; latency at batch 1 and "
         f"throughput / peak memory at batch {spec.measure_batch}, eval mode, one run at a time after training."
     )
-    (out / "leaderboard.md").write_text(
-        "# Leaderboard\n\n" + leaderboard_markdown(rows, conditions)
-    )
+    board = "# Leaderboard\n\n" + leaderboard_markdown(rows, conditions)
+    gains = distill_gains(records) if spec.distill else []
     extra = []
+    if gains:
+        gains_md = distill_gains_markdown(gains)
+        board += "\n## Gain over no distillation\n\n" + gains_md
+        extra.append(("Gain over no distillation", _markdown_table_html(gains_md)))
+    (out / "leaderboard.md").write_text(board)
     if spec.explain:
-        extra = _explain_sections(spec, runs, records, out)
+        extra += _explain_sections(spec, runs, records, out)
     from .report import write_report
 
     report = write_report(out, spec.to_dict(), rows, records, env, extra_sections=extra)
     elapsed = time.perf_counter() - t_start
     return {
         "rows": rows,
-        "leaderboard": leaderboard_text(rows),
+        "gains": gains,
+        "leaderboard": leaderboard_text(rows)
+        + ("\n\n" + distill_gains_markdown(gains) if gains else ""),
         "report": report,
         "out": out,
         "elapsed_s": elapsed,
@@ -592,6 +711,14 @@ def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
             f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in cfg["model_kwargs"].items()
         )
         parts.append(f"--model-arg {args}")
+    if "method" in cfg or "role" in cfg:  # a distillation entry: its own task
+        parts.append(f"--task {cfg['recipe']['task']}")
+        if cfg["recipe"]["task_args"]:
+            args = " ".join(
+                f"'{k}={json.dumps(v, separators=(',', ':'))}'"
+                for k, v in cfg["recipe"]["task_args"].items()
+            )
+            parts.append(f"--task-arg {args}")
     parts.append(f"--out {out / 'reproduce' / cfg['key']}")
     return " ".join(parts)
 
@@ -627,8 +754,9 @@ def _explain_sections(
 
     done = {}
     for r in records:
-        if r.get("status") == "completed" and r["model"] not in done:
-            done[r["model"]] = r
+        name = r.get("entry") or r["model"]
+        if r.get("status") == "completed" and name not in done:
+            done[name] = r
     if not done:
         return []
     data = load_dataset(spec.data, seed=spec.data_seed)
@@ -640,10 +768,9 @@ def _explain_sections(
     )
     labels = split.labels[:n]
     maps = {}
-    for name in spec.models:
-        if name in done:
-            model, _ = load_trained(done[name]["run_dir"])
-            maps[name] = explain(model, x, targets=labels, method="gradcam")
+    for name, record in done.items():  # every model (every entry of a distillation axis)
+        model, _ = load_trained(record["run_dir"])
+        maps[name] = explain(model, x, targets=labels, method="gradcam")
     names = [f"{data.class_names[int(y)]}" for y in labels]
     path = save_panel(
         out / "plots" / "explanations.png",

@@ -53,10 +53,11 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     failed: dict[str, list[str]] = defaultdict(list)
     for r in records:
+        name = r.get("entry") or r["model"]  # a distillation entry: student + method
         if r.get("status") == "completed":
-            by_model[r["model"]].append(r)
+            by_model[name].append(r)
         else:
-            failed[r["model"]].append(
+            failed[name].append(
                 f"seed {r.get('seed')}: {r.get('status')}: {r.get('error', '')}".strip()
             )
     rows = []
@@ -190,3 +191,68 @@ def leaderboard_text(rows: list[dict[str, Any]]) -> str:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def distill_gains(records: Iterable[dict[str, Any]], key: str = "test_top1") -> list[dict[str, Any]]:
+    """Each distillation method's gain over the same student trained without distillation.
+
+    Runs of a method and of the baseline that share a seed are paired (same data split,
+    order and initialisation): the gain is the mean of the per-seed differences, with a
+    95% Student-t interval over seeds (``scipy.stats.t``; none from a single seed).
+    Verdict: ``better`` / ``worse`` when the interval excludes zero, else ``not
+    distinguishable``.
+    """
+    from scipy import stats
+
+    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r.get("status") == "completed" and r.get("method") and r.get(key) is not None:
+            by[r["model"], r["method"]][r["seed"]] = r[key]
+    rows = []
+    for (student, method), per_seed in sorted(by.items()):
+        base = by.get((student, "no KD"))
+        if method == "no KD" or not base:
+            continue
+        seeds = sorted(set(per_seed) & set(base))
+        diffs = [per_seed[s] - base[s] for s in seeds]
+        row: dict[str, Any] = {"student": student, "method": method, "n": len(diffs)}
+        row["gain"] = statistics.fmean(diffs) if diffs else None
+        row["ci_low"] = row["ci_high"] = None
+        row["verdict"] = "not distinguishable (1 seed)" if len(diffs) == 1 else "-"
+        if len(diffs) > 1:
+            sd = statistics.stdev(diffs)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+            row["ci_low"], row["ci_high"] = row["gain"] - half, row["gain"] + half
+            if row["ci_low"] > 0:
+                row["verdict"] = "better"
+            elif row["ci_high"] < 0:
+                row["verdict"] = "worse"
+            else:
+                row["verdict"] = "not distinguishable"
+        rows.append(row)
+    return rows
+
+
+def distill_gains_markdown(rows: list[dict[str, Any]]) -> str:
+    """The gain table, in percentage points, with the method stated under it."""
+    lines = [
+        "| student | method | seeds | gain over no KD (pp) | 95% interval (pp) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gain = "-" if r["gain"] is None else f"{100 * r['gain']:+.2f}"
+        ci = (
+            "-"
+            if r["ci_low"] is None
+            else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+        )
+        lines.append(
+            f"| {r['student']} | {r['method']} | {r['n']} | {gain} | {ci} | {r['verdict']} |"
+        )
+    note = (
+        "\n\nGain: test top-1 of the student trained with the method minus the same student "
+        "trained without distillation, paired by seed (same split, order and initialisation), "
+        "mean over seeds with a 95% Student-t interval; 'better' or 'worse' only when the "
+        "interval excludes zero."
+    )
+    return "\n".join(lines) + note + "\n"

@@ -78,7 +78,7 @@ def _curves(records: list[dict[str, Any]]) -> plt.Figure:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r.get("history"):
-            by_model[r["model"]].append(r)
+            by_model[r.get("entry") or r["model"]].append(r)
     for i, (model, runs) in enumerate(sorted(by_model.items())):
         color = f"C{i % 10}"
         for k, run in enumerate(runs):

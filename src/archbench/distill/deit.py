@@ -57,14 +57,13 @@ class DeiTDistillation(DistillationTask):
             raise ValueError(f"tau must be > 0, got {tau}")
         self.kind, self.alpha, self.tau = kind, float(alpha), float(tau)
 
-    def setup(self, model: nn.Module, data: Any, recipe: Any) -> None:
+    def check_student(self, model: nn.Module) -> None:
         if not callable(getattr(model, "forward_distill", None)):
             raise ValueError(
                 f"DeiT distillation needs a student with a distillation head "
                 f"(deit_*_distilled, cas_vit_*); {type(model).__name__} has one head: "
                 "use task kd for it"
             )
-        super().setup(model, data, recipe)
 
     def distill_term(self, dist_logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.kind == "hard":
@@ -83,5 +82,7 @@ class DeiTDistillation(DistillationTask):
     def eval_step(self, batch: Any, state: Any) -> dict[str, float]:
         metrics = super().eval_step(batch, state)
         _, dist_logits = student_heads(state.model, batch.images)
-        metrics["distill"] = float(self.distill_term(dist_logits, self.teacher_logits(batch, state)))
+        metrics["distill"] = float(
+            self.distill_term(dist_logits, self.teacher_logits(batch, state))
+        )
         return metrics

@@ -108,9 +108,13 @@ class TeacherInput(nn.Module):
             return t.view(1, -1, 1, 1)
 
         self.register_buffer("s_mean", vec(student_mean, in_chans), persistent=False)
-        self.register_buffer("s_std", vec(student_std or [1.0] * in_chans, in_chans), persistent=False)
+        self.register_buffer(
+            "s_std", vec(student_std or [1.0] * in_chans, in_chans), persistent=False
+        )
         self.register_buffer("t_mean", vec(teacher_mean, teacher_chans), persistent=False)
-        self.register_buffer("t_std", vec(teacher_std or [1.0] * teacher_chans, teacher_chans), persistent=False)
+        self.register_buffer(
+            "t_std", vec(teacher_std or [1.0] * teacher_chans, teacher_chans), persistent=False
+        )
         self.in_chans, self.teacher_chans, self.teacher_size = in_chans, teacher_chans, teacher_size
         self.identity = (
             in_chans == teacher_chans
@@ -159,7 +163,12 @@ class DistillationTask(ClassificationTask):
         self._cache_complete = False
 
     # ----- set-up ------------------------------------------------------------------
+    def check_student(self, model: nn.Module) -> None:
+        """Fail when the method cannot train this student (a comparison calls it on every
+        student, built on the meta device, before anything trains)."""
+
     def setup(self, model: nn.Module, data: Any, recipe: Any) -> None:
+        self.check_student(model)
         teacher, info = load_teacher(self.teacher_spec)
         t_classes = info["data"].get("num_classes")
         if t_classes != data.num_classes:
@@ -219,9 +228,7 @@ class DistillationTask(ClassificationTask):
     def teacher_features(self, images: torch.Tensor, indices: Any = None) -> list[torch.Tensor]:
         """The teacher's ``forward_intermediates`` (no gradient)."""
         with torch.no_grad():
-            return self.frozen["teacher"].forward_intermediates(
-                self.teacher_input(images), indices
-            )
+            return self.frozen["teacher"].forward_intermediates(self.teacher_input(images), indices)
 
     # ----- the cache ---------------------------------------------------------------
     def _cache_key(self, data: Any, recipe: Any) -> str:
@@ -232,7 +239,9 @@ class DistillationTask(ClassificationTask):
             "data": data.spec,
             "aug": {k: getattr(recipe, k) for k in _AUG_FIELDS},
         }
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     def _cache_open(self, epoch: int, step_in_epoch: int) -> None:
         if self._cache_epoch == epoch:
