@@ -26,7 +26,7 @@ def test_plan_has_teacher_baseline_and_each_method(tmp_path):
             distill={"teacher": "resnet_pico", "methods": ["kd", {"name": "kd", "args": {}}]},
         )
     )
-    with pytest.raises(ValueError, match="'kd\(\)' is listed twice with the same arguments"):
+    with pytest.raises(ValueError, match=r"'kd\(\)' is listed twice with the same arguments"):
         plan_runs(spec)
     spec.distill["methods"] = ["kd"]
     runs, _ = plan_runs(spec)
@@ -75,8 +75,12 @@ def test_gain_verdicts_at_the_interval_boundary():
     def records(diffs):
         out = []
         for seed, d in enumerate(diffs):
-            out.append(dict(status="completed", model="s", method="no KD", seed=seed, test_top1=0.5))
-            out.append(dict(status="completed", model="s", method="m", seed=seed, test_top1=0.5 + d))
+            out.append(
+                dict(status="completed", model="s", method="no KD", seed=seed, test_top1=0.5)
+            )
+            out.append(
+                dict(status="completed", model="s", method="m", seed=seed, test_top1=0.5 + d)
+            )
         return out
 
     diffs = [0.02, 0.03, 0.04]

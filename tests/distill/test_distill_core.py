@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from archbench.cli import main
 from archbench.data import load_dataset
 from archbench.distill import TeacherInput, kd_loss, load_teacher
 from archbench.models import create_model
@@ -60,10 +59,13 @@ def test_deit_hard_target_is_the_teachers_argmax(teacher_run, data):
     dist = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 0.0]])
     teacher = torch.tensor([[0.1, 0.2, 3.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
     # hand-computed cross-entropy against classes 2 and 0
-    expected = -(
-        math.log(math.exp(-1.0) / sum(math.exp(v) for v in (2.0, 0.0, -1.0, 0.5)))
-        + math.log(math.exp(0.0) / (3 + math.exp(1.0)))
-    ) / 2
+    expected = (
+        -(
+            math.log(math.exp(-1.0) / sum(math.exp(v) for v in (2.0, 0.0, -1.0, 0.5)))
+            + math.log(math.exp(0.0) / (3 + math.exp(1.0)))
+        )
+        / 2
+    )
     assert float(task.distill_term(dist, teacher)) == pytest.approx(expected, rel=1e-6)
     soft = create_task("deit", {"teacher": str(teacher_run), "kind": "soft", "tau": 2.0})
     assert float(soft.distill_term(dist, teacher)) == pytest.approx(
@@ -105,7 +107,9 @@ def test_training_lowers_the_distillation_loss_and_resumes_bit_exact(
         def on_step_end(self, state):
             state.stop = state.step == 5  # inside the second epoch
 
-    first = fit(_student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
+    first = fit(
+        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    )
     assert first.status == "stopped" and first.steps == 5
     fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
     a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
@@ -165,7 +169,12 @@ def test_bad_teachers_fail_before_training(tmp_path, data, teacher_run):
     with pytest.raises(ValueError, match="does not fit convnext_pico"):
         load_teacher(wrong)
     with pytest.raises(ValueError, match="needs a student with a distillation head"):
-        fit(_student(), data, RECIPE.replace(task="deit", task_args={"teacher": str(teacher_run)}), tmp_path / "b")
+        fit(
+            _student(),
+            data,
+            RECIPE.replace(task="deit", task_args={"teacher": str(teacher_run)}),
+            tmp_path / "b",
+        )
     with pytest.raises(ValueError, match="needs argument.*teacher"):
         RECIPE.replace(task="kd")
 

@@ -42,7 +42,9 @@ def test_round_trip(tmp_path, suffix):
 
 def test_task_and_its_arguments_are_validated():
     assert Recipe().task == "classification" and Recipe().task_args == {}
-    with pytest.raises(ValueError, match="unknown task 'distil'; registered tasks: .*classification"):
+    with pytest.raises(
+        ValueError, match="unknown task 'distil'; registered tasks: .*classification"
+    ):
         Recipe(task="distil")
     with pytest.raises(ValueError, match="no argument.*wieght; accepted: weight, note"):
         Recipe(task="test_recipe_weighted", task_args={"wieght": 2})

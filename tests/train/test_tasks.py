@@ -251,7 +251,9 @@ def test_hooks_run_in_the_documented_order(tmp_path, data):
     for hook in HOOKS:  # the task's own hooks run before the callbacks'
         setattr(task, hook, getattr(task_recorder, hook))
     recipe = FAST.replace(task="test_recorded", grad_clip=1.0, batch_size=32)  # 2 steps
-    fit(_model(), data, recipe, tmp_path, task=task, callbacks=[Recorder("cb", log)], progress=False)
+    fit(
+        _model(), data, recipe, tmp_path, task=task, callbacks=[Recorder("cb", log)], progress=False
+    )
     calls = [(who, hook) for who, hook, _ in log]
     step = [
         "on_train_batch_start",

@@ -193,7 +193,9 @@ def leaderboard_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def distill_gains(records: Iterable[dict[str, Any]], key: str = "test_top1") -> list[dict[str, Any]]:
+def distill_gains(
+    records: Iterable[dict[str, Any]], key: str = "test_top1"
+) -> list[dict[str, Any]]:
     """Each distillation method's gain over the same student trained without distillation.
 
     Runs of a method and of the baseline that share a seed are paired (same data split,
@@ -242,9 +244,7 @@ def distill_gains_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         gain = "-" if r["gain"] is None else f"{100 * r['gain']:+.2f}"
         ci = (
-            "-"
-            if r["ci_low"] is None
-            else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+            "-" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
         )
         lines.append(
             f"| {r['student']} | {r['method']} | {r['n']} | {gain} | {ci} | {r['verdict']} |"
