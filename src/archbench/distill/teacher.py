@@ -147,6 +147,7 @@ class DistillationTask(ClassificationTask):
     """
 
     cacheable = True  # the teacher's logits depend on the batch alone
+    match_classes = True  # the teacher must predict the data's classes (False: features only)
 
     def __init__(self, teacher: str, cache: str = "") -> None:
         super().__init__()
@@ -171,7 +172,7 @@ class DistillationTask(ClassificationTask):
         self.check_student(model)
         teacher, info = load_teacher(self.teacher_spec)
         t_classes = info["data"].get("num_classes")
-        if t_classes != data.num_classes:
+        if self.match_classes and t_classes != data.num_classes:
             raise ValueError(
                 f"the teacher {info['model']} ({self.teacher_spec}) predicts {t_classes} classes "
                 f"but dataset {data.spec!r} has {data.num_classes}; train a teacher on the "

@@ -290,7 +290,10 @@ class _Run:
             task=task,
         )
         self.state.validate = lambda m: validate(task, m, self.data.val, recipe, self.state)
-        task.setup(model, self.data, recipe)
+        # the task's new modules start from the recipe's seed, whatever the caller's RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            task.setup(model, self.data, recipe)
         task.to(self.dev)
         self.call("on_fit_start", self.state)  # may still swap modules: no optimizer yet
         self.optimizer = build_optimizer(task.param_groups(model, recipe), recipe)
