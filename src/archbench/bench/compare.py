@@ -575,7 +575,8 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
     done = {r["key"] for r in _read_results(results_path) if r.get("key")}
     todo = [cfg for cfg in runs if cfg["key"] not in done]
     log(
-        f"{len(runs)} runs ({len(spec.models)} models x {len(spec.seed_list)} seeds); "
+        f"{len(runs)} runs ({len({c.get('entry') or c['model'] for c in runs})} models or "
+        f"entries, {len(spec.seed_list)} seed(s)); "
         f"{len(runs) - len(todo)} already complete, {len(todo)} to run with {spec.jobs} job(s)"
     )
 
