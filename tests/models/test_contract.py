@@ -54,7 +54,11 @@ def test_meta_forward_shapes(name):
     """Builds with the contract's keyword arguments and produces the right shapes at full size."""
     size = _size(name)
     with torch.device("meta"):
-        model = create_model(name, num_classes=NUM_CLASSES, drop_rate=0.1, drop_path_rate=0.1)
+        try:
+            model = create_model(name, num_classes=NUM_CLASSES, drop_rate=0.1, drop_path_rate=0.1)
+        except ValueError as err:  # see tests/models/test_drop_path.py
+            assert "no residual branches to drop" in str(err)
+            model = create_model(name, num_classes=NUM_CLASSES, drop_rate=0.1)
         assert isinstance(model, ImageClassifier)
         model.eval()
         x = torch.empty(2, model.in_chans, size, size)

@@ -60,9 +60,14 @@ def test_cpu_variants_keep_a_spatial_grid_at_32(name, last):
     assert feats.shape[-2:] == (last, last)
 
 
-def test_rejects_sizes_the_strides_cannot_take():
-    with pytest.raises(ValueError, match="multiple of 32"):
-        ConvNeXt(img_size=100)
+def test_takes_any_size_that_reaches_the_last_stage():
+    """Like timm's: the 2x2/2 downsamplers drop odd remainders, so only tiny inputs fail."""
+    ConvNeXt(img_size=100)  # not a multiple of 32: fine
+    with pytest.raises(ValueError, match=r"at least 32 .*nearest valid: 32"):
+        ConvNeXt(img_size=24)
     m = create_model("convnext_pico").eval()
-    with pytest.raises(ValueError, match="multiples of 16"):
-        m(torch.randn(1, 3, 40, 40))
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 40, 40)).shape == (1, 1000)
+        assert m.forward_features(torch.randn(1, 3, 33, 33)).shape[-2:] == (2, 2)
+    with pytest.raises(ValueError, match="at least 16, got .*nearest working size: 16x16"):
+        m(torch.randn(1, 3, 15, 15))

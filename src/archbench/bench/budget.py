@@ -2,11 +2,13 @@
 
 A comparison "at matched parameters" or "at matched FLOPs" trains every model at the
 same size, so that differences are architecture, not capacity. Each model's width
-arguments (the ones its class lists in ``width_args``, or the usual names such as
-``widths``, ``dims``, ``embed_dim``) are multiplied by a common factor, rounded to a
-hardware-friendly multiple, and the factor is searched until the count is within the
-tolerance of the target. Depth is left as the variant defines it. The chosen arguments
-are returned so that they are recorded with every run.
+arguments, the ones its class declares in ``width_args`` (see ``archbench.models``), are
+multiplied by a common factor (integer widths rounded to a hardware-friendly multiple,
+up or down, width multipliers scaled as they are), and the factor is searched until the
+count, taken at the data's resolution, channels and classes, is within the tolerance of
+the target. A class that declares no ``width_args`` cannot take such a budget.
+Depth is left as the variant defines it. The chosen arguments are returned so that they
+are recorded with every run and the model can be rebuilt from them.
 """
 
 from __future__ import annotations
@@ -22,21 +24,6 @@ from ..models import create_model, get_model_card
 from .measure import count_flops
 
 __all__ = ["Budget", "ScaledModel", "parse_budget", "scale_to_budget", "width_args_of"]
-
-# Argument names that carry a model's width, in any family that does not declare its own.
-WIDTH_ARG_NAMES = (
-    "widths",
-    "dims",
-    "embed_dim",
-    "embed_dims",
-    "stem_width",
-    "stem_dim",
-    "dim",
-    "hidden_dim",
-    "width",
-    "channels",
-    "base_width_mult",
-)
 
 
 @dataclass(frozen=True)
@@ -122,37 +109,85 @@ def parse_budget(text: str | dict | None) -> Budget:
 
 
 def width_args_of(name: str, base_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The width arguments of variant ``name`` (built with ``base_kwargs``) and their values."""
+    """The declared width arguments of variant ``name`` (built with ``base_kwargs``) and their
+    values; arguments whose value is not a width (e.g. ``None``: no such layer) are left out.
+
+    Raises ``ValueError`` when the model's class declares no ``width_args``.
+    """
     with torch.device("meta"):
         model = create_model(name, **(base_kwargs or {}))
+    return _declared_widths(name, model)
+
+
+def _declared_widths(name: str, model: torch.nn.Module) -> dict[str, Any]:
+    declared = tuple(getattr(type(model), "width_args", ()))
+    if not declared:
+        raise ValueError(
+            f"{name}: its class {type(model).__name__} declares no width_args, so it cannot be "
+            "scaled to a params or flops budget; declare them (see CONTRIBUTING.md) or use an "
+            "epochs or time budget"
+        )
     args = getattr(model, "build_args", {})
-    declared = getattr(type(model), "width_args", None)
-    keys = declared if declared else [k for k in WIDTH_ARG_NAMES if k in args]
-    return {k: args[k] for k in keys if k in args and _is_width(args[k])}
+    missing = [k for k in declared if k not in args]
+    if missing:
+        raise ValueError(
+            f"{name}: width_args {missing} of {type(model).__name__} are not constructor arguments"
+        )
+    return {k: args[k] for k in declared if _is_width(args[k])}
 
 
 def _is_width(v: Any) -> bool:
-    """An int, or a non-empty (nested) tuple / list of ints."""
+    """An int or float, or a non-empty (nested) tuple / list of them."""
     if isinstance(v, bool):
         return False
-    if isinstance(v, int):
+    if isinstance(v, (int, float)):
         return True
     return isinstance(v, (tuple, list)) and bool(v) and all(_is_width(i) for i in v)
 
 
-def _scale(value: Any, mult: float, divisor: int) -> Any:
+def _scale(
+    value: Any,
+    mult: float,
+    divisor: int,
+    flipped: frozenset[tuple] = frozenset(),
+    path: tuple = (),
+) -> Any:
+    """Multiply a width by ``mult``: ints to the nearest multiple of ``divisor`` (at least
+    one ``divisor``; the other neighbouring multiple for the int at a ``path`` listed in
+    ``flipped``), floats (width multipliers, RegNet's slope) exactly."""
     if isinstance(value, (tuple, list)):
-        return type(value)(_scale(v, mult, divisor) for v in value)
-    return max(divisor, int(round(value * mult / divisor)) * divisor)
+        return type(value)(
+            _scale(v, mult, divisor, flipped, (*path, i)) for i, v in enumerate(value)
+        )
+    if isinstance(value, float):
+        return value * mult
+    exact = value * mult / divisor
+    steps = round(exact)
+    if path in flipped:
+        steps = math.floor(exact) if steps > exact else math.ceil(exact)
+    return max(1, steps) * divisor
+
+
+def _int_paths(value: Any, path: tuple) -> list[tuple]:
+    """Paths (argument name, then tuple indices) of the int widths inside ``value``."""
+    if isinstance(value, (tuple, list)):
+        return [p for i, v in enumerate(value) for p in _int_paths(v, (*path, i))]
+    return [] if isinstance(value, float) else [path]
+
+
+def _leaf(value: Any, path: tuple) -> Any:
+    for i in path[1:]:
+        value = value[i]
+    return value
 
 
 def _measure(
     name: str, kwargs: dict[str, Any], kind: str, img_size: int, in_chans: int, num_classes: int
 ) -> float:
+    """Parameters, or MACs of one image at ``img_size``, of ``name`` built for the data."""
+    data = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     with torch.device("meta"):
-        model = create_model(
-            name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs
-        )
+        model = create_model(name, **{**kwargs, **data})
     if kind == "params":
         return float(sum(p.numel() for p in model.parameters()))
     return count_flops(model, img_size)["macs"]
@@ -203,38 +238,55 @@ def scale_to_budget(
     in_chans: int,
     num_classes: int,
     tolerance: float = 0.05,
-    divisors: tuple[int, ...] = (8, 4, 2, 1),
+    divisors: tuple[int, ...] = (8, 4, 2, 1, 16, 32),
     base_kwargs: dict[str, Any] | None = None,
 ) -> ScaledModel:
     """Find a width multiplier for ``name`` whose params (or MACs) are within ``tolerance`` of ``target``.
 
-    Widths are rounded to multiples of the first of ``divisors`` that reaches the tolerance
-    (small models need finer steps). Raises ``ValueError`` with the closest size reached
-    when the model cannot be scaled there. ``base_kwargs`` are other build arguments the
-    comparison gives the model (kept fixed); the result holds only the scaled widths.
+    Counts are taken for the comparison's data: ``img_size`` x ``img_size`` images with
+    ``in_chans`` channels and ``num_classes`` classes. Integer widths are rounded to
+    multiples of the first of ``divisors`` that reaches the tolerance (small models need
+    finer steps). Raises ``ValueError`` when the class declares no ``width_args``, and with
+    the closest size reached when the model cannot be scaled there. ``base_kwargs`` are
+    other build arguments the comparison gives the model (kept fixed); the result holds
+    only the scaled widths, and ``base_kwargs`` plus the result rebuild the model.
     """
     if kind not in ("params", "flops"):
         raise ValueError(f"scale_to_budget handles params and flops, not {kind!r}")
+    if target <= 0:
+        raise ValueError(f"the budget target must be positive, got {target}")
     fixed = dict(base_kwargs or {})
-    base = width_args_of(name, fixed)
+    data = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    with torch.device("meta"):
+        model = create_model(name, **{**fixed, **data})
+    base = _declared_widths(name, model)
     if not base:
-        raise ValueError(
-            f"{name}: no width arguments to scale (its class declares no width_args and has none of "
-            f"{', '.join(WIDTH_ARG_NAMES)}); use an epochs or time budget for it"
-        )
+        raise ValueError(f"{name}: none of its width_args holds a width to scale ({fixed})")
     best: ScaledModel | None = None
     for divisor in divisors:
-        scaled = _search(name, base, fixed, kind, target, img_size, in_chans, num_classes, divisor)
-        if best is None or abs(scaled.rel_error) < abs(best.rel_error):
+        start = 1.0 if best is None else best.multiplier  # finer steps start where coarse ended
+        scaled = _search(name, base, fixed, kind, target, tolerance, data, divisor, start)
+        if scaled is not None and (best is None or abs(scaled.rel_error) < abs(best.rel_error)):
             best = scaled
-        if abs(best.rel_error) <= tolerance:
+        if best is not None and abs(best.rel_error) <= tolerance:
             return best
     what = "parameters" if kind == "params" else "MACs"
+    if best is None:
+        raise ValueError(f"{name}: no width multiplier between 1/64 and 64 builds a valid model")
     raise ValueError(
         f"{name} cannot be scaled to {target:,.0f} {what} within {tolerance:.0%}: the closest width "
         f"({best.kwargs}) gives {best.achieved:,.0f} ({100 * best.rel_error:+.1f}%). Choose a target nearer "
         f"its size, a larger tolerance, or leave it out of this comparison"
     )
+
+
+# A model's size grows about as the square of its width; the search starts from that.
+_GUESS_EXPONENT = 2.0
+_MAX_BUILDS = 24  # per divisor, for the multiplier search
+_MAX_REFINE_BUILDS = 16  # per divisor, for choosing rounding directions
+_MAX_STEPS = 40
+_MAX_STALLED = 3  # steps in a row that come no closer to the target
+_MULT_RANGE = (1 / 64, 64.0)
 
 
 def _search(
@@ -243,50 +295,96 @@ def _search(
     fixed: dict[str, Any],
     kind: str,
     target: float,
-    img_size: int,
-    in_chans: int,
-    num_classes: int,
+    tolerance: float,
+    data: dict[str, int],
     divisor: int,
-) -> ScaledModel:
-    cache: dict[float, tuple[float, dict[str, Any]] | None] = {}
+    start: float = 1.0,
+) -> ScaledModel | None:
+    """Search the multiplier with few builds: power-law steps from ``start`` until the target
+    is bracketed, then log-log interpolation inside the bracket. When rounding every width
+    to its nearest multiple leaves the count outside the tolerance (small models, widths
+    that must divide heads or groups), round some widths the other way instead. Returns
+    the closest model found (None if no multiplier built one)."""
+    counts: dict[str, float | None] = {}  # scaled widths -> count (None: does not build)
+    found: list[tuple[float, float, dict[str, Any]]] = []  # (multiplier, count, widths)
 
-    def evaluate(mult: float) -> tuple[float, dict[str, Any]] | None:
-        key = round(mult, 6)
-        if key not in cache:
-            kwargs = {k: _scale(v, mult, divisor) for k, v in base.items()}
+    def measure(mult: float, flipped: frozenset[tuple] = frozenset()) -> float | None:
+        kwargs = {k: _scale(v, mult, divisor, flipped, (k,)) for k, v in base.items()}
+        key = repr(sorted(kwargs.items()))
+        if key not in counts:
+            if len(counts) >= _MAX_BUILDS + (_MAX_REFINE_BUILDS if flipped else 0):
+                return None
             try:
-                value = _measure(name, {**fixed, **kwargs}, kind, img_size, in_chans, num_classes)
-                cache[key] = (value, kwargs)
-            except (ValueError, RuntimeError, TypeError, ZeroDivisionError):
-                cache[key] = None  # a width this family cannot take (e.g. heads do not divide it)
-        return cache[key]
+                counts[key] = _measure(name, {**fixed, **kwargs}, kind, **data)
+            except (ValueError, RuntimeError, TypeError, ZeroDivisionError, AssertionError):
+                counts[key] = None  # a width this family cannot take (e.g. heads do not divide it)
+        value = counts[key]
+        if value is not None:
+            found.append((mult, value, kwargs))
+        return value
 
-    # Coarse log-spaced sweep, then refine around the best bracket.
-    grid = [2 ** (e / 4) for e in range(-16, 17)]
-    for m in grid:
-        evaluate(m)
-    ok = [(m, r[0]) for m, r in cache.items() if r is not None]
-    if not ok:
-        raise ValueError(f"{name}: no width multiplier between 1/16 and 16 builds a valid model")
-    below = [m for m, v in ok if v <= target]
-    above = [m for m, v in ok if v >= target]
-    if below and above:
-        lo, hi = max(below), min(above)
-        if lo < hi:
-            for _ in range(14):
-                mid = math.sqrt(lo * hi)
-                r = evaluate(mid)
-                if r is None:
-                    # try a neighbour that the family accepts
-                    r = evaluate(mid * 1.01)
-                    if r is None:
-                        break
-                if r[0] < target:
-                    lo = mid
-                else:
-                    hi = mid
-    best_m, (best_v, best_kwargs) = min(
-        ((m, r) for m, r in cache.items() if r is not None),
-        key=lambda mr: abs(math.log(mr[1][0] / target)),
-    )
+    def measure_near(mult: float) -> tuple[float, float] | None:
+        # widths some families reject (heads, groups) are skipped for a neighbour
+        for step in (1.0, 1.03, 1 / 1.03, 1.07, 1 / 1.07):
+            if (value := measure(mult * step)) is not None:
+                return mult * step, value
+        return None
+
+    def error(value: float) -> float:
+        return abs(math.log(value / target))
+
+    close_enough = math.log1p(tolerance) / 2
+    exponent = _GUESS_EXPONENT
+    point = measure_near(start)
+    best, stalled = math.inf, 0
+    for _ in range(_MAX_STEPS):
+        if point is None or error(point[1]) <= close_enough or len(counts) >= _MAX_BUILDS:
+            break
+        # counts that plateau (widths a family quantizes itself) stop the search early
+        stalled = 0 if error(point[1]) < best else stalled + 1
+        best = min(best, error(point[1]))
+        if stalled >= _MAX_STALLED:
+            break
+        mult, value = point
+        lo = max(((m, v) for m, v, _ in found if v < target), default=None)
+        hi = min(((m, v) for m, v, _ in found if v > target), default=None)
+        if lo is not None and hi is not None and lo[0] < hi[0]:
+            if hi[0] / lo[0] < 1.001:
+                break  # one rounding step apart: nothing in between
+            # interpolate in log-log, but stay strictly inside so that the bracket shrinks
+            span = math.log(hi[0] / lo[0])
+            slope = math.log(hi[1] / lo[1]) / span
+            t = math.log(target / lo[1]) / slope / span if slope > 0 else 0.5
+            nxt = lo[0] * math.exp(min(max(t, 0.1), 0.9) * span)
+        else:
+            nxt = mult * min(max((target / value) ** (1 / exponent), 1 / 8), 8.0)
+            if not _MULT_RANGE[0] <= nxt <= _MULT_RANGE[1]:
+                break
+        point = measure_near(nxt)
+        if point is not None and point[1] != value and point[0] != mult:
+            local = math.log(point[1] / value) / math.log(point[0] / mult)
+            exponent = min(max(local, 0.5), 4.0) if local > 0 else exponent
+
+    # Rounding directions: flip, one width at a time, the rounding that moves the count
+    # furthest toward the target, while that helps.
+    if found and min(error(v) for _, v, _ in found) > math.log1p(tolerance):
+        mult, value, _ = min(found, key=lambda f: error(f[1]))
+        paths = [p for k, v in base.items() for p in _int_paths(v, (k,))]
+        flipped: frozenset[tuple] = frozenset()
+        while error(value) > close_enough:
+            up = value < target
+            trials = []
+            for p in paths:
+                exact = _leaf(base[p[0]], p) * mult / divisor
+                if p in flipped or exact == round(exact) or (round(exact) < exact) != up:
+                    continue  # already flipped, exact, or a flip that moves away from the target
+                if (new := measure(mult, flipped | {p})) is not None:
+                    trials.append((error(new), new, p))
+            if not trials or min(trials)[0] >= error(value):
+                break
+            _, value, p = min(trials)
+            flipped |= {p}
+    if not found:
+        return None
+    best_m, best_v, best_kwargs = min(found, key=lambda f: error(f[1]))
     return ScaledModel(name, best_kwargs, best_m, best_v, target, kind)

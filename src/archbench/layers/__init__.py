@@ -31,7 +31,7 @@ from .mixers import (
     create_mixer,
     register_mixer,
 )
-from .mlp import ConvMlp, Mlp
+from .mlp import ConvMlp, Mlp, MlpHead
 from .norm import NORM_LAYERS, GroupNorm1, LayerNorm2d, LayerNormNoBias, create_norm
 from .patch_embed import PatchEmbed
 from .pos_embed import resample_pos_embed
@@ -54,6 +54,7 @@ __all__ = [
     "LayerScale2d",
     "MetaFormerBlock",
     "Mlp",
+    "MlpHead",
     "PatchEmbed",
     "PoolingMixer",
     "RandomMixer",

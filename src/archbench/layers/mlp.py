@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from .act import create_act
 
-__all__ = ["ConvMlp", "Mlp"]
+__all__ = ["ConvMlp", "Mlp", "MlpHead"]
 
 
 class Mlp(nn.Module):
@@ -33,6 +33,35 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class MlpHead(nn.Module):
+    """Classifier head on pooled features: Linear(dim, ratio * dim) -> act -> LayerNorm ->
+    dropout -> Linear(classes).
+
+    The MLP head of *MetaFormer Baselines for Vision* (SquaredReLU, LayerNorm eps 1e-5),
+    also used by InceptionNeXt and MambaOut (GELU, eps 1e-6).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        act: str = "gelu",
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = create_act(act)
+        self.norm = nn.LayerNorm(hidden, eps=norm_eps)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
 class ConvMlp(nn.Module):

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .helpers import to_2tuple
+from .norm import LayerNorm2d
 
 __all__ = ["PatchEmbed"]
 
@@ -49,7 +50,9 @@ class PatchEmbed(nn.Module):
         self.flatten = flatten
         self.strict_size = strict_size
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size, bias=bias)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if norm else nn.Identity()
+        # LayerNorm over channels: of the tokens, or of the NCHW map when not flattened
+        norm_layer = nn.LayerNorm if flatten else LayerNorm2d
+        self.norm = norm_layer(embed_dim, eps=1e-6) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -60,8 +63,4 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         if self.flatten:
             return self.norm(x.flatten(2).transpose(1, 2))
-        return (
-            x
-            if isinstance(self.norm, nn.Identity)
-            else self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        )
+        return self.norm(x)

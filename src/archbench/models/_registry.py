@@ -199,6 +199,11 @@ def build_model(
         raise TypeError(f"variant defaults name unknown {cls.__name__} argument(s) {bad_defaults}")
     args = {**defaults, **kwargs}
     model = cls(**args)
-    # Recorded so that a model can be rebuilt or rescaled (matched-budget comparisons).
-    model.build_args = args
+    # Every constructor argument, the class defaults the variant left alone included, so
+    # that a model can be rebuilt or rescaled (matched budgets read its width_args here).
+    full = {
+        p: params[p].default for p in accepted if params[p].default is not inspect.Parameter.empty
+    }
+    full.update(args)
+    model.build_args = full
     return model

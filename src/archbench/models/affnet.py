@@ -92,6 +92,9 @@ class AFFBlock(nn.Module):
 
 
 class AFFNet(ImageClassifier):
+    width_args = ("mv2_channels", "dims", "stem_width")
+    depth_args = ("mv2_depths", "depths")
+
     def __init__(
         self,
         mv2_channels: tuple[int, int] = (32, 64),
@@ -141,7 +144,7 @@ class AFFNet(ImageClassifier):
             reduction *= 2
             self.feature_info.append(FeatureInfo(dim, reduction, f"stages.{len(self.stages) - 1}"))
             cin = dim
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.num_features = min(4 * cin, 960)
         self.conv_exp = _conv_bn_act(cin, self.num_features)
         self.head_drop = nn.Dropout(drop_rate)

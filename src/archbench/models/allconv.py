@@ -12,7 +12,7 @@ convolution with stride 2, and the classifier is convolutional too::
 All layers are followed by ReLU, the class-score convolution included, as the table
 lists it (``score_relu=False`` drops that ReLU). There is no batch norm. The paper's
 dropout (20% on the input, 50% after each stride-2 layer) is ``input_drop_rate`` and
-``drop_rate``. There are no residual branches, so ``drop_path_rate`` has no effect.
+``drop_rate``. There are no residual branches, so a non-zero ``drop_path_rate`` is refused.
 
 The classifier block shrinks the 8x8 map to 6x6, a non-integer reduction, so
 ``feature_info`` lists the two strided stages; ``cam_target`` is the classifier block.
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.conv import ConvNormAct
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, check_img_size, reject_drop_path
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["AllConvNet"]
@@ -39,6 +39,10 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | None = No
 
 class AllConvNet(ImageClassifier):
     """All-CNN-C with configurable widths (``widths=(96, 192)`` in the paper)."""
+
+    # All-CNN-C is one fixed table of nine convolutions: no argument sets its depth
+    width_args = ("widths",)
+    depth_args = ()
 
     def __init__(
         self,
@@ -56,8 +60,10 @@ class AllConvNet(ImageClassifier):
             raise ValueError(
                 f"widths must be two positive ints (96, 192 in the paper), got {widths}"
             )
-        if isinstance(img_size, int) and img_size < 20:
-            raise ValueError(f"AllConvNet needs img_size >= 20 (32 in the paper), got {img_size}")
+        reject_drop_path(drop_path_rate, "AllConvNet")
+        # two padded 3x3/2 convs give ceil(side / 4); the unpadded 3x3 needs 3 of those
+        self.min_input_size = 9
+        check_img_size(img_size, 1, "AllConvNet", min_size=self.min_input_size)
         w1, w2 = widths
         self.num_classes = num_classes
         self.in_chans = in_chans

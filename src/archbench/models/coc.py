@@ -12,7 +12,6 @@ CPU variants use a 2x2/2 reducer so that 32x32 inputs give 16, 8, 4, 2 grids.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn as nn
 
 from ..layers import MetaFormerBlock, drop_path_rates
 from ..layers.context_cluster import ContextCluster  # noqa: F401  (registers the mixer)
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.norm import GroupNorm1
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
@@ -28,6 +28,10 @@ __all__ = ["ContextClusterNet"]
 
 
 class ContextClusterNet(ImageClassifier):
+    # heads x head_dims is the clustering width, independent of dims, so both are scaled
+    width_args = ("dims", "head_dims")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 4, 5, 2),
@@ -53,8 +57,8 @@ class ContextClusterNet(ImageClassifier):
                 "depths, dims, mlp_ratios, heads, head_dims, proposals, folds: same length"
             )
         self.num_classes, self.in_chans = num_classes, in_chans
-        # the folds must tile every stage's grid
-        self.input_multiple = math.lcm(*(stem_patch * 2**i * f for i, f in enumerate(folds)))
+        # each stage's grid must split into its fold x fold regions (see input_side_ok)
+        self.stem_patch, self.folds = stem_patch, tuple(folds)
         self.stem = nn.Conv2d(in_chans + 2, dims[0], stem_patch, stem_patch)
         dprs = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList()
@@ -90,10 +94,20 @@ class ContextClusterNet(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.cam_target = f"stages.{n - 1}"
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal_linear)
+
+    def stage_grids(self, side: int) -> list[int]:
+        """One side of every stage's grid for an input side (patchify stem, then 3x3/2 convs)."""
+        grids = [side // self.stem_patch]
+        for _ in self.folds[1:]:
+            grids.append((grids[-1] - 1) // 2 + 1)
+        return grids
+
+    def input_side_ok(self, side: int, axis: int = 0) -> bool:
+        return all(g >= 1 and g % f == 0 for g, f in zip(self.stage_grids(side), self.folds))
+
+    def input_size_rule(self) -> str:
+        return f"needs H and W whose stage grids split into {self.folds} fold regions"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

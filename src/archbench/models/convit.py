@@ -64,6 +64,10 @@ class ConViTBlock(nn.Module):
 class ConViT(ImageClassifier):
     """DeiT with gated positional self-attention in its first blocks."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -114,7 +118,10 @@ class ConViT(ImageClassifier):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        # one entry per block; GPSA block outputs carry no class token (it joins later)
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"blocks.{i}") for i in range(depth)
+        ]
         self.cam_target = f"blocks.{depth - 1}.norm1"  # patch tokens still reach the class token
 
     def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:

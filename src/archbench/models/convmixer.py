@@ -45,6 +45,10 @@ class ConvMixer(ImageClassifier):
     ``drop_path_rate`` (not in the paper) drops the residual depthwise branch per sample.
     """
 
+    width_args = ("dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         dim: int = 768,
@@ -72,9 +76,10 @@ class ConvMixer(ImageClassifier):
         )
         dprs = drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.Sequential(*(ConvMixerBlock(dim, kernel_size, act, d) for d in dprs))
-        self.input_multiple = patch_size
+        # the patchify stem drops remainders and the blocks keep the grid: any size >= patch
+        self.min_input_size = patch_size
         self.num_features = dim
-        self.feature_info = [FeatureInfo(dim, patch_size, "blocks")]
+        self.feature_info = [FeatureInfo(dim, patch_size, f"blocks.{i}") for i in range(depth)]
         self.cam_target = "blocks"
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import DropPath, LayerNorm2d, LayerScale, drop_path_rates
+from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
 
@@ -60,6 +61,9 @@ class ConvNeXtBlock(nn.Module):
 class ConvNeXt(ImageClassifier):
     """ConvNeXt: patchify stem, four stages with LN + 2x2/2 downsampling, LN + linear head."""
 
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 3, 9, 3),
@@ -84,8 +88,10 @@ class ConvNeXt(ImageClassifier):
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.input_multiple = stem_patch * 2 ** (len(depths) - 1)
-        check_img_size(img_size, self.input_multiple, type(self).__name__)
+        # the patchify stem and 2x2/2 downsamplers drop remainders: any size that reaches
+        # the last stage works
+        self.min_input_size = stem_patch * 2 ** (len(depths) - 1)
+        check_img_size(img_size, 1, type(self).__name__, min_size=self.min_input_size)
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0], stem_patch, stride=stem_patch), LayerNorm2d(dims[0])
@@ -120,11 +126,7 @@ class ConvNeXt(ImageClassifier):
         self._init_weights(head_init_scale)
 
     def _init_weights(self, head_init_scale: float) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal)
         if isinstance(self.head, nn.Linear):
             with torch.no_grad():
                 self.head.weight.mul_(head_init_scale)

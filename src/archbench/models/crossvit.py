@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..layers import DropPath, PatchEmbed, TransformerBlock, drop_path_rates
 from ..layers.attention_variants import ClassAttention
-from ._base import FeatureInfo, ImageClassifier, to_2tuple
+from ._base import FeatureInfo, ImageClassifier, nearest_sides, to_2tuple
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["CrossAttentionFusion", "CrossViT"]
@@ -102,6 +102,9 @@ class MultiScaleBlock(nn.Module):
 class CrossViT(ImageClassifier):
     """Dual-branch ViT with CLS-token cross-attention fusion."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -126,11 +129,13 @@ class CrossViT(ImageClassifier):
             raise ValueError(f"patch_size must be (small, large), got {patch_size}")
         side = to_2tuple(img_size)[0]
         sizes = [int(side * s) for s in img_scale]
+        self.img_scale, self.patch_size = tuple(img_scale), tuple(patch_size)
         for s, p in zip(sizes, patch_size):
             if s <= 0 or s % p:
+                near = " or ".join(str(v) for v in nearest_sides(side, self.img_size_ok) if v)
                 raise ValueError(
                     f"CrossViT: branch image size {s} (img_size {img_size} x img_scale) must be "
-                    f"a multiple of its patch size {p}"
+                    f"a multiple of its patch size {p} (nearest valid img_size: {near})"
                 )
         self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = embed_dim[0] + embed_dim[1]
@@ -174,6 +179,11 @@ class CrossViT(ImageClassifier):
 
     def get_classifier(self) -> nn.Module:
         return self.heads
+
+    def img_size_ok(self, side: int) -> bool:
+        """Whether both branches' image sizes (side x img_scale) tile into their patches."""
+        sizes = [int(side * s) for s in self.img_scale]
+        return all(s > 0 and s % p == 0 for s, p in zip(sizes, self.patch_size))
 
     def reset_classifier(self, num_classes: int) -> None:
         if num_classes < 0:

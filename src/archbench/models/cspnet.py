@@ -132,6 +132,9 @@ class CSPNet(ImageClassifier):
     "cifar" (3x3/1 conv, for 32x32 inputs). Per-stage options take a value or a tuple.
     """
 
+    width_args = ("widths", "stem_width")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 3, 5, 2),
@@ -193,7 +196,7 @@ class CSPNet(ImageClassifier):
             )
             cin = widths[i]
             self.feature_info.append(FeatureInfo(cin, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.stages = nn.Sequential(*stages)
         self.cam_target = f"stages.{n - 1}"
         self.num_features = cin

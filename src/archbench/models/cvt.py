@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import DropPath, Mlp, drop_path_rates
+from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
 from ..layers.attention_variants import ConvProjectionAttention
-from ._base import FeatureInfo, ImageClassifier, check_img_size
+from ._base import FeatureInfo, ImageClassifier, check_img_size, min_side_for_convs
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["CvT"]
@@ -28,11 +28,10 @@ class ConvEmbed(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(cin, cout, kernel, stride, padding)
-        self.norm = nn.LayerNorm(cout)
+        self.norm = LayerNorm2d(cout, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.norm(self.proj(x))
 
 
 class ConvTransformerBlock(nn.Module):
@@ -109,6 +108,9 @@ class CvTStage(nn.Module):
 class CvT(ImageClassifier):
     """Hierarchical CvT; classification from the last stage's class token."""
 
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -127,13 +129,11 @@ class CvT(ImageClassifier):
         super().__init__()
         if not len(dims) == len(depths) == len(num_heads) == len(patch):
             raise ValueError("dims, depths, num_heads and patch need one entry per stage")
-        reduction = 1
-        for _, s, _ in patch:
-            reduction *= s
-        check_img_size(img_size, reduction, "CvT")
+        # padded convolutional embeddings: any size whose every stage grid is not empty
+        self.min_input_size = min_side_for_convs(patch)
+        check_img_size(img_size, 1, "CvT", min_size=self.min_input_size)
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, dims[-1]
         self.num_prefix_tokens = 1
-        self.input_multiple = reduction
         dprs = drop_path_rates(drop_path_rate, depths)
         stages, cin, red = [], in_chans, 1
         self.feature_info = []

@@ -203,6 +203,9 @@ class FcaStage(nn.Module):
 class FcaFormer(ImageClassifier):
     """Hybrid FcaFormer: ConvNeXt stages, then forward-cross-attention stages."""
 
+    width_args = ("embed_dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         embed_dims: tuple[int, int, int, int] = (64, 128, 192, 320),
@@ -227,6 +230,7 @@ class FcaFormer(ImageClassifier):
         size = check_img_size(img_size, stem_stride * 8, "FcaFormer")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = stem_stride * 8  # the sizes its constructor accepts
         d0 = embed_dims[0]
         self.stem = nn.Sequential(
             _conv_bn(in_chans, d0 // 2, 3, 2 if stem_stride == 4 else 1),

@@ -21,12 +21,14 @@ CPU variants use a first stem conv at stride 1, so 32x32 inputs give 16, 8, 4, 2
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
+from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -67,14 +69,17 @@ def _new_conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.C
 
 
 class RepDWConv(nn.Module):
-    """Depthwise 7x7 conv-BN plus a parallel 3x3 conv-BN branch (mergeable after training)."""
+    """Depthwise 7x7 conv-BN plus a parallel 3x3 conv-BN branch (mergeable after training).
+
+    ``cout`` a multiple of ``cin`` (every released width) gives depthwise convs with a
+    channel multiplier; other widths (rescaled models) use ``gcd(cin, cout)`` groups.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
-        if cout % cin:
-            raise ValueError(f"RepDWConv: out channels {cout} must be a multiple of {cin}")
-        self.conv = _conv_bn(cin, cout, 7, stride, groups=cin)
-        self.conv1 = _conv_bn(cin, cout, 3, stride, groups=cin)
+        groups = math.gcd(cin, cout)
+        self.conv = _conv_bn(cin, cout, 7, stride, groups=groups)
+        self.conv1 = _conv_bn(cin, cout, 3, stride, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) + self.conv1(x)
@@ -181,6 +186,9 @@ class _BNConvSkip(nn.Module):
 
 
 class FFNet(ImageClassifier):
+    width_args = ("dims", "stem_width")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (2, 2, 8, 2),
@@ -238,11 +246,7 @@ class FFNet(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.cam_target = f"stages.{n - 1}"
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal)
 
     @torch.no_grad()
     def reparameterize(self) -> FFNet:

@@ -75,6 +75,10 @@ class HaloBottleneck(nn.Module):
 class HaloNet(ImageClassifier):
     """HaloNet: halo-attention bottlenecks in all four stages of a ResNet layout."""
 
+    # stage widths are base_widths x output_ratio; final_width (None: no final conv) is kept None
+    width_args = ("base_widths", "stem_width", "final_width")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 3, 10, 3),

@@ -85,6 +85,10 @@ class HorNet(ImageClassifier):
     ``orders`` gives the interaction order of each stage (the paper's 2, 3, 4, 5).
     """
 
+    # stage i is base_dim * 2**i wide
+    width_args = ("base_dim",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (2, 3, 18, 2),
@@ -127,7 +131,9 @@ class HorNet(ImageClassifier):
             ]
             self.stages.append(nn.Sequential(*layers))
             self.feature_info.append(FeatureInfo(dim, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # the patchify stem and 2x2/2 downsamplers drop remainders: any size that reaches
+        # the last stage works
+        self.min_input_size = reduction
         self.num_features = dims[-1]
         self.cam_target = f"stages.{len(dims) - 1}"
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)

@@ -20,7 +20,7 @@ keeps the grid; the canonical input is 299x299 (grids 35, 17, 8).
 ``stem="cifar"`` (for the CPU variants) replaces the stem by two 3x3 stride-1
 convolutions and pads the stride-2 reductions so that 32x32 inputs give 32/16/8 grids;
 ``width_mult`` scales every width. Inception-v3 and -v4 have no residual branches, so
-``drop_path_rate`` has no effect there; Inception-ResNet-v2 drops residual branches.
+they refuse a non-zero ``drop_path_rate``; Inception-ResNet-v2 drops residual branches.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
 from ..layers.conv import ConvNormAct
-from ._base import FeatureInfo, ImageClassifier, to_2tuple
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path, to_2tuple
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["InceptionResNetV2", "InceptionV3", "InceptionV4"]
@@ -67,10 +67,15 @@ class _Branches(nn.Module):
         return torch.cat([b(x) for b in self.branches], 1)
 
 
+# the smallest input side each stem takes: the ImageNet stem's unpadded convolutions and
+# reductions need 75 pixels; the CIFAR stem pads every reduction, so any size works
+_MIN_SIDE = {"imagenet": 75, "cifar": 1}
+
+
 def _check_stem(stem: str, img_size: int | tuple[int, int]) -> int:
-    if stem not in ("imagenet", "cifar"):
+    if stem not in _MIN_SIDE:
         raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
-    smallest = 75 if stem == "imagenet" else 8
+    smallest = _MIN_SIDE[stem]
     if min(to_2tuple(img_size)) < smallest:
         raise ValueError(
             f"img_size {img_size} is too small for the {stem!r} stem (at least {smallest}; "
@@ -199,6 +204,11 @@ class InceptionV3(_InceptionBase):
     """Inception-v3. In training mode with ``aux_logits=True`` the auxiliary classifier's
     logits of the last forward are kept in ``self.aux_out`` for the loss."""
 
+    # a_pool and c7 are canonical widths that width_mult multiplies like every other width,
+    # so width_mult alone scales every module; the lengths of a_pool and c7 are depths too
+    width_args = ("width_mult",)
+    depth_args = ("num_e",)
+
     def __init__(
         self,
         a_pool: tuple[int, ...] = (32, 64, 64),
@@ -214,7 +224,9 @@ class InceptionV3(_InceptionBase):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        reject_drop_path(drop_path_rate, "InceptionV3")
         rp = _check_stem(stem, img_size)
+        self.min_input_size = _MIN_SIDE[stem]
         if not a_pool or not c7 or num_e < 1:
             raise ValueError("a_pool and c7 need at least one entry and num_e >= 1")
         if aux_logits and (stem != "imagenet" or width_mult != 1.0):
@@ -373,6 +385,10 @@ def _v4_c(cin: int, w: Width) -> _Branches:
 class InceptionV4(_InceptionBase):
     """Inception-v4 (pure Inception, no residual connections)."""
 
+    # width_mult multiplies every width
+    width_args = ("width_mult",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, int, int] = (4, 7, 3),
@@ -385,7 +401,9 @@ class InceptionV4(_InceptionBase):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        reject_drop_path(drop_path_rate, "InceptionV4")
         rp = _check_stem(stem, img_size)
+        self.min_input_size = _MIN_SIDE[stem]
         if len(depths) != 3 or min(depths) < 1:
             raise ValueError(
                 f"depths must be three positive ints (4, 7, 3 in the paper), got {depths}"
@@ -494,6 +512,10 @@ def _ir_c(cin: int, w: Width) -> _Branches:
 class InceptionResNetV2(_InceptionBase):
     """Inception-ResNet-v2 with residual scaling (``res_scales`` per grid)."""
 
+    # width_mult multiplies every width
+    width_args = ("width_mult",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, int, int] = (10, 20, 10),
@@ -508,6 +530,7 @@ class InceptionResNetV2(_InceptionBase):
     ) -> None:
         super().__init__()
         rp = _check_stem(stem, img_size)
+        self.min_input_size = _MIN_SIDE[stem]
         if len(depths) != 3 or min(depths) < 1:
             raise ValueError(
                 f"depths must be three positive ints (10, 20, 10 released), got {depths}"

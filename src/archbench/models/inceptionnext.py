@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import ConvMlp, DropPath, LayerScale2d, drop_path_rates
+from ..layers import ConvMlp, DropPath, LayerScale2d, MlpHead, drop_path_rates
 from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
@@ -78,30 +78,15 @@ class MetaNeXtBlock(nn.Module):
         return x + self.drop_path(self.ls(self.mlp(self.norm(self.token_mixer(x)))))
 
 
-class MlpHead(nn.Module):
-    """Pooled features -> Linear(dim, ratio*dim) -> GELU -> LayerNorm -> dropout -> Linear."""
-
-    def __init__(
-        self, dim: int, num_classes: int, mlp_ratio: float = 3.0, drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        hidden = int(mlp_ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.norm = nn.LayerNorm(hidden, eps=1e-6)
-        self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
-
-
 class InceptionNeXt(ImageClassifier):
     """InceptionNeXt: 4x4/4 conv-BN stem, four MetaNeXt stages with BN + 2x2/2 conv downsampling.
 
     ``pre_logits`` are the pooled last-stage features (width ``dims[-1]``); the MLP head
     is the classifier, and ``reset_classifier`` builds a new one.
     """
+
+    width_args = ("dims",)
+    depth_args = ("depths",)
 
     def __init__(
         self,
@@ -148,7 +133,9 @@ class InceptionNeXt(ImageClassifier):
             ]
             self.stages.append(nn.Sequential(*layers))
             self.feature_info.append(FeatureInfo(dim, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # the patchify stem and 2x2/2 downsamplers drop remainders: any size that reaches
+        # the last stage works
+        self.min_input_size = reduction
         self.num_features = dims[-1]
         self.cam_target = f"stages.{len(dims) - 1}"
         self.head = (

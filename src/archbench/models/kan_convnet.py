@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, drop_path_rates
 from ..layers.kan import BottleneckKANConv2d, KANConv2d
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, min_side_for_norms, reject_drop_path
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["KANResNet", "KANVGG"]
@@ -69,6 +69,8 @@ class KANVGG(ImageClassifier):
 
     # the widths matched-budget comparisons scale (nested: one tuple of widths per stage)
     width_args = ("stages",)
+    # no separate depth argument: the number of widths in each entry of stages is the depth
+    depth_args = ()
 
     def __init__(
         self,
@@ -94,9 +96,9 @@ class KANVGG(ImageClassifier):
         _check(block, norm)
         if not stages or any(not s for s in stages):
             raise ValueError(f"stages must be non-empty tuples of widths, got {stages}")
+        reject_drop_path(drop_path_rate, "KANVGG")
         opts = dict(basis_opts if basis_opts is not None else {"degree": 5})
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.input_multiple = 2 ** (len(stages) - 1)
         self.feature_info = []
         cin, reduction = in_chans, 1
         for i, widths in enumerate(stages):
@@ -108,6 +110,9 @@ class KANVGG(ImageClassifier):
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
             self.feature_info.append(FeatureInfo(cin, reduction, f"stage{i + 1}"))
         self.num_stages = len(stages)
+        # 2x2 max-pools drop odd remainders: any size that reaches the last stage works;
+        # instance norms need a last map of at least 2 x 2
+        self.min_input_size = 2 ** (len(stages) - 1) * (2 if norm == "instance" else 1)
         self.num_features = cin
         self.cam_target = f"stage{self.num_stages}"
         self.head_drop = nn.Dropout(drop_rate)
@@ -152,6 +157,9 @@ class KANBasicBlock(nn.Module):
 class KANResNet(ImageClassifier):
     """ResNet-like KAN network (ResKANet): KAN stem, stages of KAN basic blocks, GAP, linear."""
 
+    width_args = ("widths", "stem_width")
+    depth_args = ("layers",)
+
     def __init__(
         self,
         layers: tuple[int, ...] = (2, 2, 2, 2),
@@ -185,7 +193,6 @@ class KANResNet(ImageClassifier):
         else:
             self.stem = kan_conv_norm_act(in_chans, stem_width, 3, 1, "kan", basis, opts, norm)
             reduction = 1
-        self.input_multiple = reduction * 2 ** (len(layers) - 1)
         dprs = drop_path_rates(drop_path_rate, layers)
         cin = stem_width
         self.feature_info = []
@@ -209,6 +216,11 @@ class KANResNet(ImageClassifier):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(width, reduction, f"layer{i + 1}"))
         self.num_stages = len(layers)
+        # padded strided layers map any size onto the stages; instance norms need a map of
+        # more than one value
+        self.min_input_size = min_side_for_norms(
+            [(getattr(self, f.module), f.reduction) for f in self.feature_info]
+        )
         self.num_features = cin
         self.cam_target = f"layer{self.num_stages}"
         self.head_drop = nn.Dropout(drop_rate)

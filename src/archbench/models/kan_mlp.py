@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..layers import create_act
 from ..layers.kan import KANLinear
-from ._base import FeatureInfo, ImageClassifier, to_2tuple
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path, to_2tuple
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["FlatNet", "KANNet", "MLPNet"]
@@ -79,6 +79,8 @@ class FlatNet(ImageClassifier):
 
     # scaled together by matched-budget comparisons (archbench.bench.budget)
     width_args = ("hidden",)
+    # no separate depth argument: the length of hidden is the depth
+    depth_args = ()
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class FlatNet(ImageClassifier):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        reject_drop_path(drop_path_rate, "KANMLP")
         if layer not in _LAYERS:
             raise ValueError(f"layer must be one of {_LAYERS}, got {layer!r}")
         if not hidden or any(h < 1 for h in hidden):

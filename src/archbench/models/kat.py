@@ -69,6 +69,10 @@ class KATBlock(nn.Module):
 class KAT(ImageClassifier):
     """ViT with class token, learned position embedding and GR-KAN blocks; class-token head."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -91,6 +95,7 @@ class KAT(ImageClassifier):
         self.num_classes, self.in_chans = num_classes, in_chans
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.fixed_input_size = self.patch_embed.img_size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.num_prefix_tokens = 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))

@@ -134,6 +134,9 @@ class LowFormerBlock(nn.Sequential):
 class LowFormer(ImageClassifier):
     """LowFormer: fused-MBConv stages, then lowtention stages, and a wide head."""
 
+    width_args = ("widths", "head_widths")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         widths: tuple[int, int, int, int, int] = (16, 32, 64, 128, 256),
@@ -182,7 +185,7 @@ class LowFormer(ImageClassifier):
             self.feature_info.append(FeatureInfo(w, stride, f"stages.{i - 1}"))
             cin = w
         self.stages = nn.Sequential(*stages)
-        self.input_multiple = stride
+        # padded strided layers map any input size onto the stages: no size constraint
         self.head_conv = _conv(cin, head_widths[0], 1)  # the wide 1x1 conv closes the backbone
         self.num_features = head_widths[0]
         self.hidden_width = head_widths[1]

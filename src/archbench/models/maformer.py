@@ -140,6 +140,9 @@ class MAFStage(nn.Module):
 class MAFormer(ImageClassifier):
     """Four-stage pyramid of Multi-scale Attention Fusion blocks."""
 
+    width_args = ("embed_dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         embed_dims: tuple[int, ...] = (64, 128, 256, 512),
@@ -166,6 +169,7 @@ class MAFormer(ImageClassifier):
         size = check_img_size(img_size, stem_stride * 2 ** (n - 1), "MAFormer")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = stem_stride * 2 ** (n - 1)  # the sizes its constructor accepts
         dpr = drop_path_rates(drop_path_rate, depths)
         stages, cin, stride = [], in_chans, 1
         self.feature_info = []

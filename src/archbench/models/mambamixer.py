@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import DropPath, drop_path_rates
+from ..layers import DropPath, LayerNorm2d, drop_path_rates
 from ..layers.ssm import SelectiveSSM
 from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
@@ -124,6 +124,9 @@ class _Stage(nn.Module):
 
 
 class MambaMixerNet(ImageClassifier):
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         patch_size: int = 4,
@@ -145,8 +148,9 @@ class MambaMixerNet(ImageClassifier):
         size = check_img_size(img_size, multiple, "MambaMixerNet")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = multiple  # the sizes its constructor accepts
         self.patch_embed = nn.Conv2d(in_chans, dims[0], patch_size, patch_size)
-        self.embed_norm = nn.LayerNorm(dims[0])
+        self.embed_norm = LayerNorm2d(dims[0], eps=1e-5)
         grid = (size[0] // patch_size, size[1] // patch_size)
         dprs = drop_path_rates(drop_path_rate, depths)
         self.merges = nn.ModuleList()
@@ -178,7 +182,7 @@ class MambaMixerNet(ImageClassifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.embed_norm(self.patch_embed(x))
         for merge, stage in zip(self.merges, self.stages):
             x = merge(x)
             b, c, h, w = x.shape

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import drop_path_rates
+from ..layers import LayerNorm2d, MlpHead, drop_path_rates
 from ..layers.gated_cnn import GatedCNNBlock
 from ..layers.helpers import init_trunc_normal
 from ._base import FeatureInfo, ImageClassifier
@@ -23,31 +23,10 @@ from ._registry import ModelCard, build_model, register_model
 __all__ = ["MambaOut"]
 
 
-class _ChannelsLastNorm(nn.LayerNorm):
-    """LayerNorm over channels of an NCHW tensor."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim, eps=1e-6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class _MlpHead(nn.Module):
-    def __init__(self, dim: int, num_classes: int, mlp_ratio: float, drop: float) -> None:
-        super().__init__()
-        hidden = int(mlp_ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.norm = nn.LayerNorm(hidden, eps=1e-6)
-        self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
-
-
 class MambaOut(ImageClassifier):
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 3, 9, 3),
@@ -72,10 +51,10 @@ class MambaOut(ImageClassifier):
         self.head_mlp_ratio, self.drop_rate = head_mlp_ratio, drop_rate
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=stem_stride // 2, padding=1),
-            _ChannelsLastNorm(dims[0] // 2),
+            LayerNorm2d(dims[0] // 2),
             nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
-            _ChannelsLastNorm(dims[0]),
+            LayerNorm2d(dims[0]),
         )
         dprs = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList()
@@ -84,7 +63,7 @@ class MambaOut(ImageClassifier):
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             layers: list[nn.Module] = []
             if i > 0:
-                layers += [nn.Conv2d(dims[i - 1], dim, 3, 2, 1), _ChannelsLastNorm(dim)]
+                layers += [nn.Conv2d(dims[i - 1], dim, 3, 2, 1), LayerNorm2d(dim)]
                 reduction *= 2
             layers += [
                 GatedCNNBlock(dim, expansion_ratio, kernel_size, conv_ratio, drop_path=dprs[i][j])
@@ -92,7 +71,7 @@ class MambaOut(ImageClassifier):
             ]
             self.stages.append(nn.Sequential(*layers))
             self.feature_info.append(FeatureInfo(dim, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.num_features = dims[-1]
         self.cam_target = f"stages.{len(dims) - 1}"
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
@@ -106,7 +85,7 @@ class MambaOut(ImageClassifier):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         self.head = (
-            _MlpHead(self.num_features, num_classes, self.head_mlp_ratio, self.drop_rate)
+            MlpHead(self.num_features, num_classes, self.head_mlp_ratio, self.drop_rate)
             if num_classes > 0
             else nn.Identity()
         )

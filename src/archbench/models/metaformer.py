@@ -43,30 +43,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import MIXERS, LayerNorm2d, MetaFormerBlock, SquaredReLU, drop_path_rates
-from ..layers.helpers import to_2tuple
-from ._base import FeatureInfo, ImageClassifier
+from ..layers import MIXERS, LayerNorm2d, MetaFormerBlock, MlpHead, drop_path_rates
+from ..layers.helpers import init_trunc_normal, to_2tuple
+from ._base import FeatureInfo, ImageClassifier, min_side_for_convs
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["MetaFormer", "MlpHead"]
-
-
-class MlpHead(nn.Module):
-    """Linear(4C) -> SquaredReLU -> LayerNorm -> dropout -> Linear(classes) (MetaFormer Baselines)."""
-
-    def __init__(
-        self, dim: int, num_classes: int, mlp_ratio: float = 4.0, drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        hidden = int(mlp_ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = SquaredReLU()
-        self.norm = nn.LayerNorm(hidden)
-        self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
 def _per_stage(value: Any, n: int, name: str) -> list[Any]:
@@ -79,6 +61,9 @@ def _per_stage(value: Any, n: int, name: str) -> list[Any]:
 
 class MetaFormer(ImageClassifier):
     """Four-stage MetaFormer: conv stem, [downsample -> MetaFormer blocks] x 4, LN, head."""
+
+    width_args = ("dims",)
+    depth_args = ("depths",)
 
     def __init__(
         self,
@@ -122,6 +107,8 @@ class MetaFormer(ImageClassifier):
         self.drop_rate = drop_rate
         if "random" in mixers:  # its matrices are sized for one token grid
             self.fixed_input_size = size
+        # padded convolutions: any size the stem's kernel fits in works
+        self.min_input_size = min_side_for_convs([(stem_kernel, stem_stride, stem_padding)])
 
         # stem: conv then LN; later downsampling: LN then conv (the paper's layout)
         self.stem = nn.Sequential(
@@ -131,7 +118,8 @@ class MetaFormer(ImageClassifier):
         grid = tuple((s + 2 * stem_padding - stem_kernel) // stem_stride + 1 for s in size)
         if min(grid) < 1:
             raise ValueError(
-                f"img_size {img_size} is too small for the {stem_kernel}x{stem_kernel} stem"
+                f"img_size {img_size} is too small for the {stem_kernel}x{stem_kernel} stem "
+                f"(nearest valid: {self.min_input_size})"
             )
         dprs = drop_path_rates(drop_path_rate, depths)
         self.downsample = nn.ModuleList()
@@ -176,15 +164,18 @@ class MetaFormer(ImageClassifier):
         if num_classes == 0:
             return nn.Identity()
         if self.head_type == "mlp":
-            return MlpHead(self.num_features, num_classes, self.head_mlp_ratio, self.drop_rate)
+            return MlpHead(
+                self.num_features,
+                num_classes,
+                self.head_mlp_ratio,
+                self.drop_rate,
+                act="squared_relu",
+                norm_eps=1e-5,
+            )
         return nn.Linear(self.num_features, num_classes)
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal)
 
     def reset_classifier(self, num_classes: int) -> None:
         if num_classes < 0:

@@ -51,6 +51,10 @@ class MixerBlock(nn.Module):
 class MlpMixer(ImageClassifier):
     """Patch embedding, ``depth`` Mixer layers, LayerNorm, mean over patches, linear head."""
 
+    width_args = ("embed_dim", "tokens_mlp_dim", "channels_mlp_dim")
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -81,6 +85,7 @@ class MlpMixer(ImageClassifier):
         self.in_chans = in_chans
         self.num_features = embed_dim
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.stem = PatchEmbed(size, patch_size, in_chans, embed_dim)
         num_tokens = self.stem.num_patches
         dprs = drop_path_rates(drop_path_rate, [depth])[0]

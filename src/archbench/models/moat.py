@@ -100,6 +100,10 @@ class MOATBlock(nn.Module):
 class MOAT(ImageClassifier):
     """MOAT classifier: stem, MBConv stages, MOAT stages, pooled LayerNorm head."""
 
+    # head_dim is the width of one attention head: wider stages get more heads
+    width_args = ("stem_dim", "dims")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -125,9 +129,10 @@ class MOAT(ImageClassifier):
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         reduction = stem_stride * 2**n
-        size = check_img_size(img_size, reduction, "MOAT")
+        size = check_img_size(img_size, 1, "MOAT", min_size=reduction)
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, dims[-1]
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages; the position tables
+        # are built for img_size (hence its minimum) and resized to other grids
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, stem_dim, 3, stem_stride, 1),
             nn.BatchNorm2d(stem_dim),

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..layers import SqueezeExcite
 from ..layers.reparam import fuse_conv_bn, pad_kernel, reparameterize_model
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["MobileOne", "MobileOneBlock"]
@@ -113,6 +113,9 @@ class MobileOne(ImageClassifier):
     ``stem_stride=1`` keeps the resolution for 32x32 inputs.
     """
 
+    width_args = ("widths", "stem_width")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (2, 8, 10, 1),
@@ -138,7 +141,9 @@ class MobileOne(ImageClassifier):
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        # MobileOne has no stochastic depth; drop_path_rate is accepted for the common API.
+        reject_drop_path(
+            drop_path_rate, "MobileOne", " (its blocks sum parallel branches that fold into a conv)"
+        )
         self.stage0 = MobileOneBlock(
             in_chans, stem_width, 3, stem_stride, inference_mode=inference_mode
         )
@@ -165,7 +170,7 @@ class MobileOne(ImageClassifier):
             self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(width, reduction, f"stage{i + 1}"))
         self.num_stages = len(depths)
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.num_features = cin
         self.cam_target = f"stage{self.num_stages}"
         self.head_drop = nn.Dropout(drop_rate)

@@ -262,6 +262,11 @@ class NASNet(ImageClassifier):
     reduction with the state two cells back instead of the reduction's input (Large).
     """
 
+    # num_filters sets every cell's width (and the CIFAR stem's, times stem_multiplier);
+    # the ImageNet stem keeps its 32 x stem_multiplier channels
+    width_args = ("num_filters",)
+    depth_args = ("cells_per_stack",)
+
     def __init__(
         self,
         cells_per_stack: int = 4,
@@ -355,7 +360,8 @@ class NASNet(ImageClassifier):
             add(normal_genotype, int(num_filters * scaling), False, prev_pos)
         ch, lvl = outputs[-1]  # type: ignore[misc]
         self.feature_info.append(FeatureInfo(ch, 2**lvl, f"cells.{len(self.cells) - 1}"))
-        self.input_multiple = 1
+        # cells pad their reductions; the ImageNet stem's unpadded 3x3 needs 3 pixels
+        self.min_input_size = 3 if stem == "imagenet" else 1
         self.num_features = ch
         self.cam_target = f"cells.{len(self.cells) - 1}"
         self.head_drop = nn.Dropout(drop_rate)

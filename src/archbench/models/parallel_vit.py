@@ -76,6 +76,10 @@ class ParallelBlock(nn.Module):
 class ParallelViT(ImageClassifier):
     """ViT with parallel residual branches (class token, LayerScale)."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         embed_dim: int = 384,
@@ -95,6 +99,7 @@ class ParallelViT(ImageClassifier):
         size = check_img_size(img_size, patch_size, "ParallelViT")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.num_prefix_tokens = 1
         self.patch_embed = PatchEmbed(size, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size
@@ -114,7 +119,9 @@ class ParallelViT(ImageClassifier):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "blocks")]
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"blocks.{i}") for i in range(depth)
+        ]
         # the last block's first attention norm: its positions still mix into the class token
         self.cam_target = f"blocks.{depth - 1}.attn_norms.0"
         self.head_drop = nn.Dropout(drop_rate)

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.reparam import fuse_conv_bn, pad_kernel, reparameterize_model
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["ParNet", "RepSSEBlock"]
@@ -121,6 +121,9 @@ class ParNet(ImageClassifier):
     ``stem_stride=2`` makes the first init block stride 1 for 32x32 inputs.
     """
 
+    width_args = ("widths",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         widths: tuple[int, int, int, int] = (96, 192, 384, 1280),
@@ -140,7 +143,9 @@ class ParNet(ImageClassifier):
         if stem_stride not in (2, 4):
             raise ValueError(f"stem_stride must be 2 or 4, got {stem_stride}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        # ParNet has no stochastic depth; drop_path_rate is accepted for the common API.
+        reject_drop_path(
+            drop_path_rate, "ParNet", " (its blocks sum parallel branches that fold into one conv)"
+        )
         p0, p1, p2, p_last = widths
         stem = min(64, p0)
         self.inits = nn.ModuleList(

@@ -132,6 +132,10 @@ class PlainMambaLayer(nn.Module):
 
 
 class PlainMamba(ImageClassifier):
+    width_args = ("embed_dim", "stem_width")
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -154,6 +158,7 @@ class PlainMamba(ImageClassifier):
         size = check_img_size(img_size, patch_size, "PlainMamba")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.grid_size = (size[0] // patch_size, size[1] // patch_size)
         convs: list[nn.Module] = [
             nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False),
@@ -185,7 +190,9 @@ class PlainMamba(ImageClassifier):
         self.num_features = embed_dim
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"layers.{i}") for i in range(depth)
+        ]
         self.cam_target = "norm"
         # truncated-normal Linear weights, except dt_proj, which keeps Mamba's dt init
         dt_projs = {id(layer.mamba.ssm.dt_proj) for layer in self.layers}

@@ -109,6 +109,9 @@ class PVTStage(nn.Module):
 class PyramidVisionTransformer(ImageClassifier):
     """PVT v1 classifier: four SRA stages, class token in the last stage."""
 
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -134,10 +137,12 @@ class PyramidVisionTransformer(ImageClassifier):
         reduction = 1
         for p in patch_sizes:
             reduction *= p
-        size = check_img_size(img_size, reduction, "PyramidVisionTransformer")
+        size = check_img_size(img_size, 1, "PyramidVisionTransformer", min_size=reduction)
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, dims[-1]
         self.num_prefix_tokens = 1
-        self.input_multiple = reduction
+        # patch embeddings drop remainders and position embeddings are resized to the
+        # grid: any size that reaches the last stage works
+        self.min_input_size = reduction
         dprs = drop_path_rates(drop_path_rate, depths)
         stages, cin, red = [], in_chans, 1
         self.feature_info = []

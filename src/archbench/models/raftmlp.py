@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..layers import DropPath, drop_path_rates
-from ._base import FeatureInfo, ImageClassifier
+from ..layers import DropPath, LayerNorm2d, drop_path_rates
+from ._base import FeatureInfo, ImageClassifier, check_img_size
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["RaftMLP", "RaftTokenMixing"]
@@ -63,14 +63,14 @@ class RaftTokenMixing(nn.Module):
             raise ValueError(f"axis must be 'vertical' or 'horizontal', got {axis!r}")
         self.r, self.axis = raft_size, axis
         length = grid[0] if axis == "vertical" else grid[1]
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm2d(dim, eps=1e-5)
         self.mlp = _mlp(raft_size * length, ratio, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         r, co = self.r, c // self.r
-        t = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).reshape(b, r, co, h, w)
+        t = self.norm(x).reshape(b, r, co, h, w)
         if self.axis == "vertical":  # features: (raft, row) for each (channel, column)
             t = t.permute(0, 2, 4, 1, 3).reshape(b, co, w, r * h)
             t = self.mlp(t).view(b, co, w, r, h).permute(0, 3, 1, 4, 2)
@@ -115,6 +115,9 @@ class _ChannelMixing(nn.Module):
 
 
 class RaftMLP(ImageClassifier):
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         patch_sizes: tuple[int, ...] = (4, 2, 2, 2),
@@ -136,11 +139,10 @@ class RaftMLP(ImageClassifier):
         total = 1
         for p in patch_sizes:
             total *= p
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if any(s % total for s in size):
-            raise ValueError(f"RaftMLP: img_size {size} must be a multiple of {total}")
+        size = check_img_size(img_size, total, "RaftMLP")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = total  # the sizes its constructor accepts
         dprs = drop_path_rates(drop_path_rate, depths)
         self.levels = nn.ModuleList()
         self.feature_info = []

@@ -118,9 +118,16 @@ class RegNet(ImageClassifier):
     ``stem_stride=1`` gives the CPU variants a stride-1 stem for 32x32 inputs.
     """
 
+    # w_0 and w_a times one factor scale every generated stage width by it and keep the
+    # stage depths (the rule depends on w_a / w_0 only); group_width stays, so groups grow.
+    # The builders give w_0 as a float so that a rescale keeps w_a / w_0 exact: the rule
+    # itself rounds the widths it generates to multiples of 8
+    width_args = ("w_0", "w_a", "stem_width")
+    depth_args = ("depth",)
+
     def __init__(
         self,
-        w_0: float = 24,
+        w_0: float = 24.0,
         w_a: float = 24.48,
         w_m: float = 2.54,
         depth: int = 22,
@@ -155,7 +162,7 @@ class RegNet(ImageClassifier):
             cin = w
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(w, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.stages = nn.Sequential(*stages)
         self.cam_target = f"stages.{len(stages) - 1}"
         self.num_features = cin
@@ -185,7 +192,7 @@ REGNET_PARAMS: dict[str, tuple[float, float, float, int, int]] = {
 
 def _regnet(name: str, se_ratio: float, kwargs: dict[str, Any]) -> RegNet:
     w_0, w_a, w_m, d, g = REGNET_PARAMS[name]
-    defaults = dict(w_0=w_0, w_a=w_a, w_m=w_m, depth=d, group_width=g, se_ratio=se_ratio)
+    defaults = dict(w_0=float(w_0), w_a=w_a, w_m=w_m, depth=d, group_width=g, se_ratio=se_ratio)
     return build_model(RegNet, defaults, kwargs)
 
 
@@ -258,7 +265,7 @@ def regnet_pico(**kwargs: Any) -> RegNet:
     return build_model(
         RegNet,
         dict(
-            w_0=16,
+            w_0=16.0,
             w_a=12.0,
             w_m=2.0,
             depth=6,

@@ -86,6 +86,10 @@ class Res2NetBottleneck(nn.Module):
 class Res2Net(ImageClassifier):
     """ResNet skeleton with Res2Net bottlenecks. ``stem="cifar"`` is one 3x3/1 conv."""
 
+    # base_width is the split width per 64 channels of widths, a ratio that follows widths
+    width_args = ("widths", "stem_width")
+    depth_args = ("layers",)
+
     def __init__(
         self,
         layers: tuple[int, ...] = (3, 4, 6, 3),
@@ -116,7 +120,7 @@ class Res2Net(ImageClassifier):
         else:
             self.stem = ConvNormAct(in_chans, stem_width, 3)
             reduction = 1
-        self.input_multiple = reduction * 2 ** (len(layers) - 1)
+        # padded strided layers map any input size onto the stages: no size constraint
         dpr = drop_path_rates(drop_path_rate, layers)
         cin, stages, self.feature_info = stem_width, [], []
         for i, (depth, planes) in enumerate(zip(layers, widths)):

@@ -126,6 +126,10 @@ class ResNeSt(ImageClassifier):
     stride 1 without the max-pool.
     """
 
+    # base_width is the bottleneck width per 64 channels of widths, a ratio that follows widths
+    width_args = ("widths", "stem_width")
+    depth_args = ("layers",)
+
     def __init__(
         self,
         layers: tuple[int, ...] = (3, 4, 6, 3),
@@ -158,7 +162,7 @@ class ResNeSt(ImageClassifier):
             stem_layers.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem_layers)
         reduction = 4 if stem == "imagenet" else 1
-        self.input_multiple = reduction * 2 ** (len(layers) - 1)
+        # padded strided layers map any input size onto the stages: no size constraint
         dpr = drop_path_rates(drop_path_rate, layers)
         cin, stages, self.feature_info = 2 * stem_width, [], []
         for i, (depth, planes) in enumerate(zip(layers, widths)):

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..layers import DropPath, create_attn, drop_path_rates
 from ..layers.conv_variants import LaurelResidual, create_block_norm, create_conv
 from ..layers.helpers import init_kaiming_conv
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, min_side_for_norms
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -185,6 +185,10 @@ class ResNet(ImageClassifier):
     ``stem="cifar"`` is one 3x3/1 convolution for 32x32 inputs (stride 1).
     """
 
+    # base_width is the bottleneck width per 64 channels of widths, a ratio that follows widths
+    width_args = ("widths", "stem_width")
+    depth_args = ("layers",)
+
     def __init__(
         self,
         layers: tuple[int, ...] = (2, 2, 2, 2),
@@ -233,7 +237,8 @@ class ResNet(ImageClassifier):
         else:
             self.stem = _conv_bn(in_chans, stem_width, 3, stride=1)
             reduction = 1
-        self.input_multiple = reduction * 2 ** (len(layers) - 1)
+        if spd:  # space-to-depth needs even maps at every stride-2 stage
+            self.input_multiple = reduction * 2 ** (len(layers) - 1)
 
         dprs = drop_path_rates(drop_path_rate, layers)
         cin = stem_width
@@ -275,6 +280,9 @@ class ResNet(ImageClassifier):
         self.cam_target = f"layer{len(stages)}"
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.min_input_size = min_side_for_norms(
+            [(getattr(self, f.module), f.reduction) for f in self.feature_info]
+        )
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:

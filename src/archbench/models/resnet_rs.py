@@ -79,6 +79,9 @@ class ResNetRS(ImageClassifier):
     stride-2 replacement of the max-pool, for 32x32 inputs.
     """
 
+    width_args = ("widths", "stem_width")
+    depth_args = ("layers",)
+
     def __init__(
         self,
         layers: tuple[int, ...] = (3, 4, 6, 3),
@@ -126,7 +129,7 @@ class ResNetRS(ImageClassifier):
                 cin = cout
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(cout, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.stages = nn.Sequential(*stages)
         self.cam_target = f"stages.{len(stages) - 1}"
         self.num_features = cin

@@ -115,6 +115,9 @@ def _stem(in_chans: int, dim: int) -> nn.Sequential:
 class RMT(ImageClassifier):
     """RMT classifier (VisRetNet in the official code)."""
 
+    width_args = ("dims", "projection")
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -141,10 +144,9 @@ class RMT(ImageClassifier):
             raise ValueError("every per-stage option of RMT needs one entry per stage")
         if stem_stride not in (2, 4):
             raise ValueError(f"stem_stride must be 2 or 4, got {stem_stride}")
-        reduction = stem_stride * 2 ** (n - 1)
-        check_img_size(img_size, reduction, "RMT")
+        check_img_size(img_size, 1, "RMT")
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, projection
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.stem = _stem(in_chans, dims[0])
         if stem_stride == 2:  # CPU-scale variant: second stride-2 conv of the stem made stride 1
             self.stem[6].stride = (1, 1)

@@ -20,15 +20,18 @@ import torch
 import torch.nn as nn
 
 from ..layers import MetaFormerBlock, drop_path_rates
-from ..layers.helpers import to_2tuple
+from ..layers.helpers import init_trunc_normal_linear
 from ..layers.norm import GroupNorm1
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, check_img_size, min_side_for_convs
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["SPANet"]
 
 
 class SPANet(ImageClassifier):
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (4, 4, 12, 4),
@@ -50,7 +53,9 @@ class SPANet(ImageClassifier):
         n = len(depths)
         if not n or any(len(t) != n for t in (dims, radii, res_scale_init)):
             raise ValueError("depths, dims, radii and res_scale_init must have the same length")
-        size = to_2tuple(img_size)
+        # padded convolutions and filters made for any grid: any size the stem's kernel fits
+        self.min_input_size = min_side_for_convs([(stem_kernel, stem_stride, stem_padding)])
+        size = check_img_size(img_size, 1, "SPANet", min_size=self.min_input_size)
         self.num_classes, self.in_chans = num_classes, in_chans
         self.stem = nn.Conv2d(in_chans, dims[0], stem_kernel, stem_stride, stem_padding)
         grid = tuple((s + 2 * stem_padding - stem_kernel) // stem_stride + 1 for s in size)
@@ -87,10 +92,7 @@ class SPANet(ImageClassifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.cam_target = f"stages.{n - 1}"
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal_linear)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

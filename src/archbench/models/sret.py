@@ -130,6 +130,10 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
 class SReT(ImageClassifier):
     """SReT: recursive weight-shared blocks with sliced group self-attention."""
 
+    # stage width is base_dims x num_heads; recursive_num must keep dividing depths
+    width_args = ("base_dims",)
+    depth_args = ("depths", "recursive_num")
+
     def __init__(
         self,
         base_dims: tuple[int, ...] = (32, 32, 32),
@@ -159,6 +163,7 @@ class SReT(ImageClassifier):
         size = check_img_size(img_size, stem_stride * 2 ** (n - 1), "SReT")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = stem_stride * 2 ** (n - 1)  # the sizes its constructor accepts
         dims = [b * h for b, h in zip(base_dims, num_heads)]
         self.stem = nn.Sequential(
             *_conv_bn_relu(in_chans, dims[0] // 2, stem_strides[0]),

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, Mlp, TransformerBlock, drop_path_rates
 from ..layers.attention_variants import TokenProjectionAttention
-from ._base import FeatureInfo, ImageClassifier, check_img_size
+from ._base import FeatureInfo, ImageClassifier, check_img_size, min_side_for_convs
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["T2TViT", "sinusoid_table"]
@@ -93,6 +93,10 @@ class TokensToToken(nn.Module):
 class T2TViT(ImageClassifier):
     """T2T module followed by a ViT backbone with a class token and sinusoidal positions."""
 
+    width_args = ("embed_dim", "token_dim")
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -110,11 +114,13 @@ class T2TViT(ImageClassifier):
     ) -> None:
         super().__init__()
         reduction = math.prod(s for _, s, _ in t2t_splits)
-        size = check_img_size(img_size, reduction, "T2TViT")
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, embed_dim
         self.num_prefix_tokens = 1
-        self.input_multiple = reduction
         self.tokens_to_token = TokensToToken(in_chans, token_dim, embed_dim, t2t_splits)
+        # the soft splits are padded unfolds and the sinusoidal table follows the token
+        # count: any size whose token grid is not empty works
+        self.min_input_size = min_side_for_convs(t2t_splits)
+        size = check_img_size(img_size, 1, "T2TViT", min_size=self.min_input_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         gh, gw = self.tokens_to_token.grid(size)
         # fixed (not learnt) table, rebuilt for other token counts in forward
@@ -132,7 +138,7 @@ class T2TViT(ImageClassifier):
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [FeatureInfo(embed_dim, reduction, "norm")]
+        self.feature_info = [FeatureInfo(embed_dim, reduction, f"blocks.{i}") for i in range(depth)]
         # the last block's input norm: its patch tokens still reach the class token
         self.cam_target = f"blocks.{depth - 1}.norm1"
         nn.init.trunc_normal_(self.cls_token, std=0.02)

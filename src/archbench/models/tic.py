@@ -60,6 +60,9 @@ class TiCBlock(nn.Module):
 class TiC(ImageClassifier):
     """Hierarchical vision transformer in convolution (MSA-Conv blocks)."""
 
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         dims: tuple[int, ...] = (64, 128, 256, 512),

@@ -50,6 +50,7 @@ class TransHP(ImageClassifier):
 
     width_args = ("embed_dim",)
     depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class TransHP(ImageClassifier):
             raise ValueError(f"prompt_blocks must be distinct, got {prompt_blocks}")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.num_prefix_tokens = 1
         self.num_coarse = tuple(num_coarse)
         self.prompt_blocks = tuple(prompt_blocks)
@@ -117,7 +119,12 @@ class TransHP(ImageClassifier):
         self._set_hierarchy(hierarchy)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        # a prompting block's output also carries its prompts, which are split off after
+        # it: an identity per block marks the tokens that go on, for feature_info
+        self.block_outputs = nn.ModuleList(nn.Identity() for _ in range(depth))
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"block_outputs.{i}") for i in range(depth)
+        ]
         # the last block's first norm: its positions still mix into the class token
         self.cam_target = f"blocks.{depth - 1}.norm1"
         self.head_drop = nn.Dropout(drop_rate)
@@ -208,6 +215,7 @@ class TransHP(ImageClassifier):
                 coarse.append((prompt_out * self.prompt_classifiers[lvl]).sum(dim=-1))
             else:
                 x = block(x)
+            x = self.block_outputs[i](x)
         self.coarse_logits = coarse
         # the prompt classifiers learn only from prompt_loss(); a zero-weighted term keeps
         # them in the output's autograd graph (every parameter then gets a gradient, and

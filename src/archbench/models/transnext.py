@@ -7,7 +7,7 @@ channel mixer, and a LayerNorm closing every stage. The pooled-key grid is
 ``stage grid // sr_ratio`` (7x7 at 224 for the canonical sizes).
 
 Position tables are computed from the input grid at run time, so the model accepts
-any input size that is a multiple of its total stride; ``pretrain_size`` (default
+any input size (its patch embeddings are padded convolutions); ``pretrain_size`` (default
 ``img_size``) fixes the scale of the continuous position bias as in the paper.
 """
 
@@ -123,6 +123,9 @@ class TransNeXtStage(nn.Module):
 class TransNeXt(ImageClassifier):
     """TransNeXt: aggregated attention + convolutional GLU in a four-stage pyramid."""
 
+    width_args = ("embed_dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         embed_dims: tuple[int, ...] = (48, 96, 192, 384),
@@ -147,11 +150,10 @@ class TransNeXt(ImageClassifier):
             )
         if patch_size not in (2, 4):
             raise ValueError(f"patch_size must be 2 or 4 (first-stage stride), got {patch_size}")
-        total_stride = patch_size * 2 ** (n - 1)
-        size = check_img_size(img_size, total_stride, "TransNeXt")
+        size = check_img_size(img_size, 1, "TransNeXt")
         pre = to_2tuple(pretrain_size) if pretrain_size is not None else size
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.input_multiple = total_stride
+        # padded strided layers map any input size onto the stages: no size constraint
         dpr = drop_path_rates(drop_path_rate, depths)
         stages, cin, stride = [], in_chans, 1
         self.feature_info = []

@@ -77,6 +77,10 @@ class GlobalMHRABlock(nn.Module):
 class UniFormer(ImageClassifier):
     """Local MHRA in the first ``num_local_stages`` stages, global MHRA after."""
 
+    # head_dim is the width of one attention head: wider stages get more heads
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -101,9 +105,10 @@ class UniFormer(ImageClassifier):
         reduction = 1
         for p in patch_sizes:
             reduction *= p
-        check_img_size(img_size, reduction, "UniFormer")
+        check_img_size(img_size, 1, "UniFormer", min_size=reduction)
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, dims[-1]
-        self.input_multiple = reduction
+        # patch embeddings drop remainders: any size that reaches the last stage works
+        self.min_input_size = reduction
         dprs = drop_path_rates(drop_path_rate, depths)
         stages, cin, red = [], in_chans, 1
         self.feature_info = []

@@ -210,6 +210,10 @@ class UniRepLKNet(ImageClassifier):
     (or both) stem convolutions stride 1 for small inputs.
     """
 
+    # kernel_sizes, when given, lists one kernel per block and must follow depths
+    width_args = ("dims",)
+    depth_args = ("depths",)
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 3, 18, 3),
@@ -269,7 +273,7 @@ class UniRepLKNet(ImageClassifier):
                 )
             )
             self.feature_info.append(FeatureInfo(dim, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded strided layers map any input size onto the stages: no size constraint
         self.num_features = dims[-1]
         self.cam_target = f"stages.{len(dims) - 1}"
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)

@@ -11,7 +11,7 @@ evaluation (Sec. 3.2): the first is a 7x7 convolution over the last 7x7 map, the
 this is exactly the three-FC network (same weights, same outputs); larger inputs give a
 score map that is averaged, as the paper does at test time. ``forward_features`` ends
 with the second FC layer, so its width (4096) is ``num_features``. VGG has no residual
-branches, so ``drop_path_rate`` is accepted and has no effect.
+branches, so a non-zero ``drop_path_rate`` is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.conv import ConvNormAct
-from ._base import FeatureInfo, ImageClassifier, to_2tuple
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path, to_2tuple
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["VGG"]
@@ -36,6 +36,9 @@ class VGG(ImageClassifier):
     the first of them covers (7 in the paper, so inputs must be at least 32 * 7);
     ``batchnorm`` adds BN after every convolution (not in the paper, a later variant).
     """
+
+    width_args = ("widths", "fc_dim")
+    depth_args = ("depths",)
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class VGG(ImageClassifier):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        reject_drop_path(drop_path_rate, "VGG")
         if len(depths) != len(widths) or not depths:
             raise ValueError(f"depths {depths} and widths {widths} must be non-empty and match")
         if min(depths) < 1 or min(widths) < 1 or fc_dim < 1 or fc_kernel < 1:
@@ -58,11 +62,13 @@ class VGG(ImageClassifier):
         min_size = fc_kernel * 2 ** len(depths)
         if min(to_2tuple(img_size)) < min_size:
             raise ValueError(
-                f"VGG with fc_kernel={fc_kernel} needs img_size >= {min_size}, got {img_size}"
+                f"VGG with fc_kernel={fc_kernel} needs img_size >= {min_size}, got {img_size} "
+                f"(nearest valid: {min_size})"
             )
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.input_multiple = 2 ** len(depths)
+        # max-pools drop odd remainders; the first FC layer needs a fc_kernel map
+        self.min_input_size = min_size
         norm = "batchnorm" if batchnorm else None
         stages = []
         self.feature_info = []

@@ -51,6 +51,10 @@ class RetentionBlock(nn.Module):
 
 
 class ViR(ImageClassifier):
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         patch_size: int = 16,
@@ -70,6 +74,7 @@ class ViR(ImageClassifier):
         size = check_img_size(img_size, patch_size, "ViR")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.num_features = embed_dim
         self.patch_embed = PatchEmbed(size, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size
@@ -87,7 +92,9 @@ class ViR(ImageClassifier):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         # the class token is last; tokens_to_map drops it
         self.num_prefix_tokens = 0
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"blocks.{i}") for i in range(depth)
+        ]
         self.cam_target = f"blocks.{depth - 1}.norm1"  # before the last mixing
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

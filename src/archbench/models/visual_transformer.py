@@ -159,6 +159,9 @@ class VTModule(nn.Module):
 class VisualTransformerResNet(ImageClassifier):
     """VT-ResNet: ResNet stages 1-3, then VT modules on semantic tokens."""
 
+    width_args = ("widths", "token_dim")
+    depth_args = ("layers", "num_vt_modules")
+
     def __init__(
         self,
         layers: tuple[int, ...] = (2, 2, 2),

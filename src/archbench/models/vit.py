@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import PatchEmbed, TransformerBlock, drop_path_rates
-from ..layers.helpers import to_2tuple
+from ..layers.helpers import init_trunc_normal_linear, to_2tuple
 from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
@@ -161,11 +161,7 @@ class VisionTransformer(ImageClassifier):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self._distilled:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal_linear)
 
     # ----- input and tokens --------------------------------------------------------
     def prefix_tokens(self, batch: int) -> torch.Tensor:

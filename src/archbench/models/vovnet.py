@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..layers import DropPath, drop_path_rates
 from ..layers.conv import ConvNormAct
 from ..layers.helpers import init_kaiming_conv
-from ._base import FeatureInfo, ImageClassifier
+from ._base import FeatureInfo, ImageClassifier, reject_drop_path
 from ._registry import ModelCard, build_model, register_model
 
 __all__ = ["EffectiveSE", "OsaBlock", "VoVNet"]
@@ -70,7 +70,7 @@ class OsaBlock(nn.Module):
         self.fuse = ConvNormAct(self.concat_chs, out_chs, 1)
         self.attn = EffectiveSE(out_chs) if ese else nn.Identity()
         self.residual = residual
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
@@ -87,6 +87,9 @@ class VoVNet(ImageClassifier):
 
     ``stem="cifar"`` uses stride-1 stem convolutions for 32x32 inputs.
     """
+
+    width_args = ("mid_widths", "out_widths", "stem_widths")
+    depth_args = ("depths", "layers_per_block")
 
     def __init__(
         self,
@@ -115,6 +118,9 @@ class VoVNet(ImageClassifier):
             raise ValueError(f"ese_blocks must be 'last' or 'all', got {ese_blocks!r}")
         if len(stem_widths) != 3 or layers_per_block < 1:
             raise ValueError("stem_widths needs three widths and layers_per_block >= 1")
+        # only the second and later blocks of a stage add a shortcut (VoVNetV2)
+        if not (residual and max(depths) > 1):
+            reject_drop_path(drop_path_rate, "VoVNet", "" if residual else " (residual=False)")
         self.num_classes, self.in_chans = num_classes, in_chans
         s = 2 if stem == "imagenet" else 1
         self.stem = nn.Sequential(
@@ -145,7 +151,9 @@ class VoVNet(ImageClassifier):
                 cin = out_widths[i]
             stages.append(nn.Sequential(*layers))
             self.feature_info.append(FeatureInfo(cin, reduction, f"stages.{i}"))
-        self.input_multiple = reduction
+        # padded stem convs, then n - 1 ceil-mode 3x3/2 max-pools, each needing a map of at
+        # least 2: the stem's map must be at least 2 ** (n - 1)
+        self.min_input_size = s * s * (2 ** (n - 1) - 1) + 1
         self.stages = nn.Sequential(*stages)
         self.cam_target = f"stages.{n - 1}"
         self.num_features = cin

@@ -40,6 +40,7 @@ class WideNet(ImageClassifier):
 
     width_args = ("embed_dim", "moe_hidden")
     depth_args = ("depth",)
+    isotropic = True  # feature_info lists every layer
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class WideNet(ImageClassifier):
         size = check_img_size(img_size, patch_size, "WideNet")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.fixed_input_size = size
+        self.img_size_multiple = patch_size  # the sizes its constructor accepts
         self.num_prefix_tokens = 1
         self.depth = depth
         self.aux_loss_weight = aux_loss_weight
@@ -82,7 +84,12 @@ class WideNet(ImageClassifier):
         self.drop_paths = nn.ModuleList(DropPath(r) if r > 0 else nn.Identity() for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        # the block is shared, so no module outputs one layer's tokens: an identity per
+        # layer marks each output for feature_info (and forward_intermediates' hooks)
+        self.layer_outputs = nn.ModuleList(nn.Identity() for _ in range(depth))
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"layer_outputs.{i}") for i in range(depth)
+        ]
         self.cam_target = "norm"
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
@@ -115,7 +122,7 @@ class WideNet(ImageClassifier):
         aux = x.new_zeros(())
         for i in range(self.depth):
             x = x + self.drop_paths[i](self.attn(self.norms1[i](x)))
-            x = x + self.drop_paths[i](self.moe(self.norms2[i](x)))
+            x = self.layer_outputs[i](x + self.drop_paths[i](self.moe(self.norms2[i](x))))
             aux = aux + self.moe.aux_loss
         self.last_aux_loss = aux * self.aux_loss_weight
         return self.norm(x)

@@ -6,8 +6,8 @@ features projected by a 1x1 conv, then XCA blocks: cross-covariance attention
 (``CrossCovarianceAttention``, linear in the number of tokens), local patch interaction
 (two depthwise 3x3 convs with GELU and BatchNorm between) and an MLP, each residual
 scaled by a LayerScale. Two class-attention layers (CaiT) then read the patches into a
-class token. Position features are computed from the grid, so any input multiple of the
-patch size works.
+class token. Position features are computed from the grid and the patch embedding is a
+stack of padded stride-2 convolutions, so any input size works.
 
 In a class-attention layer the patch tokens are carried through unchanged (after the
 optional ``tokens_norm``). The official code's residual adds them to themselves (doubling
@@ -175,6 +175,10 @@ class ClassAttentionBlock(nn.Module):
 class XCiT(ImageClassifier):
     """Isotropic XCiT with two class-attention layers."""
 
+    width_args = ("embed_dim",)
+    depth_args = ("depth",)
+    isotropic = True  # feature_info lists every block
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -193,10 +197,10 @@ class XCiT(ImageClassifier):
         tokens_norm: bool = True,
     ) -> None:
         super().__init__()
-        check_img_size(img_size, patch_size, "XCiT")
+        check_img_size(img_size, 1, "XCiT")
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, embed_dim
         self.num_prefix_tokens = 1
-        self.input_multiple = patch_size
+        # padded strided layers map any input size onto the stages: no size constraint
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size)
         self.pos_embed = FourierPositionEncoding(embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -218,7 +222,11 @@ class XCiT(ImageClassifier):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [FeatureInfo(embed_dim, patch_size, "norm")]
+        # one entry per XCA block (their outputs carry no class token; it joins for the
+        # class-attention layers, which leave the patch tokens unchanged)
+        self.feature_info = [
+            FeatureInfo(embed_dim, patch_size, f"blocks.{i}") for i in range(depth)
+        ]
         self.cam_target = f"blocks.{depth - 1}"
 
     def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
