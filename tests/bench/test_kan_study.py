@@ -82,6 +82,9 @@ def test_compare_command_accepts_a_preset_name(tmp_path):
         out=str(tmp_path),
         no_explain=False,
         model_kwargs=None,
+        model_arg=None,
+        task=None,
+        task_arg=None,
     )
     spec = spec_from_args(argparse.Namespace(spec="kanconv-vs-conv-params", **ns))
     assert spec.models == load_preset("kanconv-vs-conv-params").models
