@@ -1,12 +1,17 @@
-"""Trained teachers shared by the distillation tests (trained once per test session)."""
+"""Trained teachers shared by the distillation tests (trained once per test session), and
+the SPEC data most students train on."""
 
 from __future__ import annotations
 
 import pytest
 
-from archbench.cli import main
+# the shared checks assert in a helper module: have pytest explain their failures as in a test
+pytest.register_assert_rewrite("_checks")
 
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
+from _checks import SPEC  # noqa: E402
+
+from archbench.cli import main  # noqa: E402
+from archbench.data import load_dataset  # noqa: E402
 
 
 def _train(tmp_path_factory, model: str, epochs: int = 3):
@@ -26,3 +31,9 @@ def teacher_run(tmp_path_factory):
 def vit_teacher_run(tmp_path_factory):
     """A ViT teacher: vit_pico trained briefly on SPEC."""
     return _train(tmp_path_factory, "vit_pico")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """SPEC, loaded once per test module (a module with other data defines its own)."""
+    return load_dataset(SPEC, seed=0)

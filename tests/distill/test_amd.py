@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
 from archbench.data import load_dataset
 from archbench.distill import load_teacher
@@ -22,14 +22,10 @@ from archbench.distill.amd import (
     scale_widths,
     search_assistant,
 )
-from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
+from archbench.train import create_task, fit
 
 # the students train on a smaller split of the teachers' task (the teachers saw n_train=64)
 SMALL = "shapes:n_train=32,n_val=16,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +34,7 @@ def data():
 
 
 def _student(name="allconv_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def test_amd_step_loss_by_hand():
@@ -134,27 +129,17 @@ def test_amd_step_lowers_the_distillation_loss_and_resumes_bit_exact(tmp_path, t
     args = {"teacher": str(teacher_run)}
     recipe = RECIPE.replace(task="amd_step", task_args=args, checkpoint_every_steps=1)
     model = _student()
-    task = create_task("amd_step", args)
-    task.setup(model, data, RECIPE)
+    task, before = validate_before_training("amd_step", args, model, data)
     assert isinstance(task.trainable["projector"], torch.nn.Linear)  # 64 -> 128 features
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    before = validate(task, model, data.val, RECIPE, state)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
     after = res.history[-1]
     assert after["val_kd"] + after["val_feat"] < before["kd"] + before["feat"]
-
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 3  # inside the second epoch (2 steps per epoch)
-
-    first = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert first.status == "stopped" and first.steps == 3
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and any("projector" in k for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # stopped inside the second epoch (2 steps per epoch)
+    a, _ = assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=3
+    )
+    assert any("projector" in k for k in a)
 
 
 def test_a_tiny_chain_records_its_choice(tmp_path, teacher_run):

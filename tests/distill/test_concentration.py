@@ -10,22 +10,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
+from _checks import (
+    RECIPE,
+    FixedOutputs,
+    assert_resumes_bit_exact,
+    make_student,
+    np_softmax,
+    validate_before_training,
+)
 
-from archbench.data import ImageTensorDataset, load_dataset
+from archbench.data import ImageTensorDataset
 from archbench.distill.concentration import ConnectedHead, add_connected_layers
 from archbench.models import create_model
 from archbench.train import Batch, Recipe, create_task, fit
 from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
 
 
 def class_subset(data, classes):
@@ -65,24 +63,7 @@ def specialist_run(tmp_path_factory, data):
 
 
 def _student(name="resnet_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-class _Fixed(nn.Module):
-    """Stands for the teacher group: fixed logits, whatever the images."""
-
-    def __init__(self, outs):
-        super().__init__()
-        self.outs = outs
-
-    def forward(self, images):
-        return [o.clone() for o in self.outs]
+    return make_student(name)
 
 
 def test_loss_and_self_paced_weights_by_hand():
@@ -94,19 +75,19 @@ def test_loss_and_self_paced_weights_by_hand():
     temp, alpha, classes = 2.0, 0.3, [[0, 2], [3, 1]]
 
     def l_ik(teacher, cls):  # T^2 KL(softmax(t / T) || softmax(s[:, C] / T)) per sample
-        p_t, p_s = _softmax(teacher / temp), _softmax(s[:, cls] / temp)
+        p_t, p_s = np_softmax(teacher / temp), np_softmax(s[:, cls] / temp)
         return temp**2 * (p_t * (np.log(p_t) - np.log(p_s))).sum(1)
 
     losses = np.stack([l_ik(t_full[:, [0, 2]], [0, 2]), l_ik(t_spec, [3, 1])], 1)
     mask = np.array([[1, 0], [0, 1], [0, 1]], dtype=float)  # route by label
-    ce = -(targets * np.log(_softmax(s))).sum(1).mean()
+    ce = -(targets * np.log(np_softmax(s))).sum(1).mean()
 
     task = create_task(
         "knowledge_concentration",
         {"teachers": ["a", "b"], "classes": classes, "temperature": temp, "alpha": alpha},
     )
     task.subsets, task.full_teacher = classes, [True, False]
-    task.frozen["teachers"] = _Fixed([torch.tensor(t_full), torch.tensor(t_spec)])
+    task.frozen["teachers"] = FixedOutputs([torch.tensor(t_full), torch.tensor(t_spec)])
     logits = torch.tensor(s, requires_grad=True)
     batch = Batch(
         [torch.zeros(3, 3, 4, 4)], torch.tensor(targets), torch.tensor(labels), torch.arange(3)
@@ -187,13 +168,6 @@ def test_connected_layers_feed_only_their_classes():
         add_connected_layers(model, [[0, 1]], 8)
 
 
-def _kd_before(args, model, data):
-    task = create_task("knowledge_concentration", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)["kd"]
-
-
 def test_training_lowers_the_loss_and_resumes_bit_exact(
     tmp_path, data, vit_teacher_run, specialist_run
 ):
@@ -208,28 +182,17 @@ def test_training_lowers_the_loss_and_resumes_bit_exact(
     recipe = RECIPE.replace(
         task="knowledge_concentration", task_args=args, checkpoint_every_steps=1
     )
-    before = _kd_before(args, _student(student), data)
+    _, before = validate_before_training("knowledge_concentration", args, _student(student), data)
     res = fit(_student(student), data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_kd"] < before
+    assert res.history[-1]["val_kd"] < before["kd"]
     assert res.history[0]["spl_lambda0"] > 0 and 0 < res.history[0]["train_spl_kept"] < 1
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(
-        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        lambda: _student(student), data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
     )
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert (
-        a.keys() == b.keys()
-        and {"extra/task/spl_lambda", "model/head.branches.1.2.weight"} <= a.keys()
-    )
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert {"extra/task/spl_lambda", "model/head.branches.1.2.weight"} <= a.keys()
 
 
 def test_bad_arguments_fail_before_training(tmp_path, data, vit_teacher_run, specialist_run):

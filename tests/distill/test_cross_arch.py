@@ -6,27 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
-from archbench.data import load_dataset
 from archbench.distill.cross_arch import GroupLinearProjector, gl_loss, multi_view, pca_loss
-from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
+from archbench.train import create_task, fit
 
 
 def _student(name="vit_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def _np_heads(x, heads):  # (B, N, D) -> (B, heads, N, d)
@@ -103,40 +90,27 @@ def test_adversarial_terms_reach_only_their_side(data, teacher_run):
     assert all(p.grad is None or not p.grad.any() for p in task.trainable["disc"].parameters())
 
 
-def _val(args, model, data):
-    task = create_task("cross_arch_kd", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return task, validate(task, model, data.val, RECIPE, state)
-
-
 def test_cnn_to_vit_lowers_the_distillation_loss_and_resumes_bit_exact(tmp_path, data, teacher_run):
     args = {"teacher": str(teacher_run)}
     recipe = RECIPE.replace(task="cross_arch_kd", task_args=args, checkpoint_every_steps=1)
     model = _student()
-    task, before = _val(args, model, data)
+    task, before = validate_before_training("cross_arch_kd", args, model, data)
     assert task.grid == (2, 2) and task.num_heads == 2  # resnet_pico's last stage: 2x2, 128 wide
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
     assert res.history[-1]["val_distill"] < before["distill"]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("extra/task/trainable.gl") for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
+    )
+    assert any(k.startswith("extra/task/trainable.gl") for k in a)
 
 
 def test_vit_to_cnn_lowers_the_distillation_loss(tmp_path, data, vit_teacher_run):
     args = {"teacher": str(vit_teacher_run)}
     model = _student("resnet_pico")
-    task, before = _val(args, model, data)
+    task, before = validate_before_training("cross_arch_kd", args, model, data)
     assert task.s_pos == 2 and task.grid == (4, 4)  # the stage whose grid matches ViT's 4x4
     res = fit(
         model,

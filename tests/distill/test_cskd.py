@@ -7,27 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
-from archbench.data import load_dataset
 from archbench.distill.cskd import cskd_loss, dense_logits, local_share
 from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
+from archbench.train import create_task, fit
 from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
 
 
 def _student(name="vit_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def _np_log_softmax(z, axis):
@@ -79,33 +68,19 @@ def test_dense_logits_are_the_head_at_every_position():
     torch.testing.assert_close(dense, patch.transpose(1, 2).reshape(2, 4, 4, 4))
 
 
-def _val(args, model, data):
-    task = create_task("cskd", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)
-
-
 def test_training_lowers_the_cskd_loss_and_resumes_bit_exact(tmp_path, data, teacher_run):
     args = {"teacher": str(teacher_run)}
     recipe = RECIPE.replace(task="cskd", task_args=args, checkpoint_every_steps=1)
     model = _student()
-    before = _val(args, model, data)["cskd"]
+    _, before = validate_before_training("cskd", args, model, data)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_cskd"] < before
+    assert res.history[-1]["val_cskd"] < before["cskd"]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # stopped inside the second epoch
+    assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
+    )
 
 
 def test_two_head_student_routes_the_teacher_to_the_distillation_head(data, teacher_run):

@@ -8,18 +8,20 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import (
+    RECIPE,
+    SPEC,
+    assert_resumes_bit_exact,
+    make_student,
+    validate_before_training,
+)
 
 from archbench.data import load_dataset
 from archbench.distill.deit_lt import class_balanced_weights, reweighted_hard_distillation
-from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
+from archbench.train import create_task, fit
 from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
 from archbench.train.tasks import Batch
 
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
 COUNTS = [16, 10, 5, 2]  # an imbalance factor of 8
 
 
@@ -37,8 +39,7 @@ def data():
 
 
 def _student(name="deit_pico_distilled"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def test_class_balanced_weights_and_reweighted_loss_by_hand():
@@ -100,27 +101,17 @@ def test_training_lowers_the_distillation_loss_and_resumes_bit_exact(tmp_path, d
     args = {"teacher": str(teacher_run), "drw_start": 0.5}
     recipe = RECIPE.replace(task="deit_lt", task_args=args, checkpoint_every_steps=1)
     model = _student()
-    task = create_task("deit_lt", args)
-    task.setup(model, data, RECIPE)
     # the re-weighted loss of the last epoch, measured before training
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".", epoch=1)
-    before = validate(task, model, data.val, RECIPE, state)["distill"]
+    _, before = validate_before_training("deit_lt", args, model, data, epoch=1)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed" and res.steps == 4
     assert [h["train_drw"] for h in res.history] == [0.0, 1.0]
-    assert res.history[-1]["val_distill"] < before
+    assert res.history[-1]["val_distill"] < before["distill"]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 3  # inside the second (re-weighted) epoch
-
-    first = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert first.status == "stopped" and first.steps == 3
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # stopped inside the second (re-weighted) epoch
+    assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=3
+    )
 
 
 def test_bad_inputs_fail_before_training(tmp_path, data, teacher_run):

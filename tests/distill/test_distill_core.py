@@ -9,25 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
 from archbench.data import load_dataset
 from archbench.distill import TeacherInput, kd_loss, load_teacher
 from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
+from archbench.train import create_task, fit
 
 
 def _student(name="resnet_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def test_kd_loss_is_t_squared_times_kl_of_softened_distributions():
@@ -73,17 +64,6 @@ def test_deit_hard_target_is_the_teachers_argmax(teacher_run, data):
     )
 
 
-def _distill_loss(task_name, args, model, data, teacher_run):
-    """The method's distillation term on the validation split (no training)."""
-    task = create_task(task_name, args)
-    task.setup(model, data, RECIPE)
-    from archbench.train.callbacks import TrainState
-    from archbench.train.engine import validate
-
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)
-
-
 @pytest.mark.parametrize(
     "method, student, args, key",
     [
@@ -98,24 +78,15 @@ def test_training_lowers_the_distillation_loss_and_resumes_bit_exact(
     args = {"teacher": str(teacher_run), **args}
     recipe = RECIPE.replace(task=method, task_args=args, checkpoint_every_steps=1)
     model = _student(student)
-    before = _distill_loss(method, args, model, data, teacher_run)[key]
+    _, before = validate_before_training(method, args, model, data)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1][f"val_{key}"] < before
+    assert res.history[-1][f"val_{key}"] < before[key]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(
-        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    assert_resumes_bit_exact(
+        lambda: _student(student), data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
     )
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_teacher_cache_gives_the_same_student(tmp_path, data, teacher_run):

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
-from archbench.data import load_dataset
 from archbench.distill.dmae import (
     MaskedDecoder,
     MaskedDistillation,
@@ -22,23 +21,13 @@ from archbench.distill.dmae import (
     sincos_positions,
 )
 from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
+from archbench.train import create_task, fit
 
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
 SMALL = {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4}
 
 
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
-
-
 def _student(name="vit_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def test_random_mask_hides_three_quarters_and_zeroes_those_patches():
@@ -173,10 +162,7 @@ def test_the_objective_by_hand(vit_teacher_run, data):
 
 
 def _validation(args, model, data):
-    task = create_task("dmae", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)
+    return validate_before_training("dmae", args, model, data)[1]
 
 
 def test_pretraining_lowers_the_losses_and_resumes_bit_exact(tmp_path, data, vit_teacher_run):
@@ -192,18 +178,11 @@ def test_pretraining_lowers_the_losses_and_resumes_bit_exact(tmp_path, data, vit
     assert last["val_reconstruction"] < before["reconstruction"]
     assert "val_top1" not in last  # label-free
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    cut = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert cut.status == "stopped" and cut.steps == 5
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
+    )
     assert any(k.startswith("extra/task/trainable.decoder") for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
     # fine-tuning starts from the pre-trained weights
     from archbench.train import load_checkpoint
 

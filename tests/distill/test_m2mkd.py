@@ -8,14 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, SPEC, assert_resumes_bit_exact, make_student
 
 from archbench.data import load_dataset
 from archbench.distill.m2mkd import m2mkd_loss, run_blocks, split_blocks
 from archbench.models import create_model
 from archbench.train import (
     Batch,
-    Recipe,
     create_task,
     fit,
     load_checkpoint,
@@ -25,10 +24,8 @@ from archbench.train import (
 from archbench.train.callbacks import TrainState
 from archbench.train.engine import validate
 
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
 # the students train on a smaller split of the same task (the teachers saw SPEC)
 SMALL = "shapes:n_train=32,n_val=16,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
 MOE = dict(depth=2, embed_dim=32, num_heads=2)  # a two-block MLP/KAN mixture-of-experts ViT
 
 
@@ -38,8 +35,7 @@ def data():
 
 
 def _student(name="mlp_kan_pico", **kwargs):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16, **{**MOE, **kwargs})
+    return make_student(name, **{**MOE, **kwargs})
 
 
 def _batch(images, labels):
@@ -146,17 +142,11 @@ def test_training_lowers_the_module_loss_resumes_bit_exact_and_assembles(
     assert res.status == "completed" and res.monitor == "val_distill"
     assert res.history[-1]["val_distill"] < before
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 3  # inside the second epoch (2 steps per epoch)
-
-    first = fit(_student(), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False)
-    assert first.status == "stopped" and first.steps == 3
-    fit(_student(), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and any("stitch" in k for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # stopped inside the second epoch (2 steps per epoch)
+    a, _ = assert_resumes_bit_exact(
+        _student, data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=3
+    )
+    assert any("stitch" in k for k in a)
     # the end-to-end phase: the distilled modules are the student; stitches stay behind
     student = _student()
     load_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors", student)

@@ -6,50 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from _checks import (
+    RECIPE,
+    FixedOutputs,
+    assert_resumes_bit_exact,
+    make_student,
+    np_softmax,
+    validate_before_training,
+)
 from safetensors.torch import load_file
 
-from archbench.data import load_dataset
 from archbench.distill.meal_v2 import LogitDiscriminator
-from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
+from archbench.train import create_task, fit
 
 
 def _student(name="resnet_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-class _Fixed(nn.Module):
-    def __init__(self, outs):
-        super().__init__()
-        self.outs = outs
-
-    def forward(self, images):
-        return [o.clone() for o in self.outs]
+    return make_student(name)
 
 
 def test_losses_and_reversed_gradient_by_hand():
     s = np.array([[1.0, -0.5, 2.0, 0.0], [0.1, 0.2, -1.0, 0.7]])
     t1 = np.array([[0.5, 0.0, 3.0, -1.0], [2.0, -1.0, 0.0, 0.3]])
     t2 = np.array([[1.5, 0.2, 0.0, -0.5], [0.0, 1.0, -1.0, 2.0]])
-    p_ens = (_softmax(t1) + _softmax(t2)) / 2
-    kd = -(p_ens * np.log(_softmax(s))).sum(1).mean()
+    p_ens = (np_softmax(t1) + np_softmax(t2)) / 2
+    kd = -(p_ens * np.log(np_softmax(s))).sum(1).mean()
     # the discriminator, C=4 -> 2 -> 2 -> 2, with set weights
     rng = np.random.default_rng(5)  # ReLUs active on the student's rows: D passes gradient
     w1, b1 = rng.normal(size=(2, 4)), rng.normal(size=2)
@@ -70,7 +50,9 @@ def test_losses_and_reversed_gradient_by_hand():
     for layer, (w, b) in zip([d.net[0], d.net[2], d.net[4]], [(w1, b1), (w2, b2), (w3, b3)]):
         layer.weight.data, layer.bias.data = torch.tensor(w, dtype=f32), torch.tensor(b, dtype=f32)
     task.trainable["discriminator"] = d
-    task.frozen["teachers"] = _Fixed([torch.tensor(t1, dtype=f32), torch.tensor(t2, dtype=f32)])
+    task.frozen["teachers"] = FixedOutputs(
+        [torch.tensor(t1, dtype=f32), torch.tensor(t2, dtype=f32)]
+    )
     logits = torch.tensor(s, dtype=f32, requires_grad=True)
     got_kd, got_disc, disc_acc = task.losses(logits, torch.zeros(2, 3, 4, 4))
     assert float(got_kd.detach()) == pytest.approx(kd, rel=1e-5)
@@ -95,14 +77,7 @@ def test_losses_and_reversed_gradient_by_hand():
     for got, want in zip(reversed_grads, g_disc[1:]):
         torch.testing.assert_close(got, want)
     # hand-checked direction: p_ens - softmax(s) is minus the soft cross-entropy's gradient
-    np.testing.assert_allclose(g_kd.numpy(), (_softmax(s) - p_ens) / 2, rtol=1e-5, atol=1e-7)
-
-
-def _kd_before(args, model, data):
-    task = create_task("meal_v2", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)["kd"]
+    np.testing.assert_allclose(g_kd.numpy(), (np_softmax(s) - p_ens) / 2, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("student, resume", [("vit_pico", True), ("resnet_pico", False)])
@@ -112,7 +87,7 @@ def test_training_lowers_the_loss_and_resumes_bit_exact(
     # an ensemble of a CNN and a ViT teacher, into a ViT and into a CNN
     args = {"teachers": [str(teacher_run), str(vit_teacher_run)]}
     recipe = RECIPE.replace(task="meal_v2", task_args=args, checkpoint_every_steps=1)
-    before = _kd_before(args, _student(student), data)
+    _, before = validate_before_training("meal_v2", args, _student(student), data)
     rates = []
 
     class Rates:
@@ -123,26 +98,18 @@ def test_training_lowers_the_loss_and_resumes_bit_exact(
         _student(student), data, recipe, tmp_path / "full", callbacks=[Rates()], progress=False
     )
     assert res.status == "completed"
-    assert res.history[-1]["val_kd"] < before
+    assert res.history[-1]["val_kd"] < before["kd"]
     # the discriminator's groups (the last two) learn at disc_lr times the schedule's rate
     for lrs in rates:
         assert lrs[-2:] == pytest.approx([0.01 * lrs[0]] * 2) and lrs[0] > 0
     if not resume:
         return
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(
-        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        lambda: _student(student), data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
     )
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and "extra/task/trainable.discriminator.net.4.weight" in a
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert "extra/task/trainable.discriminator.net.4.weight" in a
 
 
 def test_init_loads_a_trained_run_and_refuses_another_architecture(

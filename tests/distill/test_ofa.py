@@ -5,27 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
-from archbench.data import load_dataset
 from archbench.distill.ofa import ConvBranch, TokenBranch, features_and_logits, ofa_loss
 from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
-
-
-def _student(name):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+from archbench.train import create_task, fit
 
 
 def test_ofa_loss_by_hand():
@@ -52,7 +36,7 @@ def test_ofa_loss_by_hand():
 
 @pytest.mark.parametrize("name", ["resnet_pico", "vit_pico"])
 def test_one_pass_features_equal_forward_intermediates(name):
-    model = _student(name).eval()
+    model = make_student(name).eval()
     x = torch.randn(2, 3, 16, 16)
     n = len(model.feature_info)
     with torch.no_grad():
@@ -65,7 +49,7 @@ def test_one_pass_features_equal_forward_intermediates(name):
 
 def test_branch_shapes_follow_the_official_layout(teacher_run, data):
     task = create_task("ofa", {"teacher": str(teacher_run)})
-    task.setup(_student("resnet_pico"), data, RECIPE)
+    task.setup(make_student("resnet_pico"), data, RECIPE)
     # resnet_pico: 4 stages (16, 32, 64, 128 channels); pre-logit widths 128 and 128
     seps = [
         sum(type(m).__name__ == "SepConv" for m in task.trainable[f"stage{s}"].modules())
@@ -74,7 +58,7 @@ def test_branch_shapes_follow_the_official_layout(teacher_run, data):
     assert seps == [3, 2, 1, 0]
     assert isinstance(task.trainable["stage4"].blocks[0], torch.nn.Conv2d)
     vit = create_task("ofa", {"teacher": str(teacher_run), "stages": [1, 4]})
-    vit.setup(_student("vit_pico"), data, RECIPE)
+    vit.setup(make_student("vit_pico"), data, RECIPE)
     assert vit.positions == [0, 5]  # blocks 1 and 6 of 6 (2 and 12 of 12)
     assert [len(vit.trainable[k].blocks) for k in ("stage1", "stage4")] == [3, 1]
     # a 16 x 16 grid merges once, to 8 x 8; the class token feeds the classifier
@@ -82,13 +66,6 @@ def test_branch_shapes_follow_the_official_layout(teacher_run, data):
     out = branch(torch.randn(3, 1, 24), torch.randn(3, 24, 16, 16))
     assert len(branch.merges) == 1 and out.shape == (3, 5)
     assert ConvBranch(8, 16, 2, 5)(torch.randn(2, 8, 5, 5)).shape == (2, 5)
-
-
-def _val(task_name, args, model, data):
-    task = create_task(task_name, args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)
 
 
 @pytest.mark.parametrize(
@@ -101,31 +78,27 @@ def test_heterogeneous_training_lowers_the_ofa_loss_and_resumes_bit_exact(
     # them so that 8 steps move the student measurably towards them
     args = {"teacher": str(request.getfixturevalue(teacher)), "eps": 1.5, "temperature": 0.25}
     recipe = RECIPE.replace(task="ofa", task_args=args, checkpoint_every_steps=1, lr=1e-3)
-    before = _val("ofa", args, _student(student), data)["ofa"]
-    res = fit(_student(student), data, recipe, tmp_path / "full", progress=False)
+    _, before = validate_before_training("ofa", args, make_student(student), data)
+    res = fit(make_student(student), data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_ofa"] < before
+    assert res.history[-1]["val_ofa"] < before["ofa"]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(
-        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        lambda: make_student(student),
+        data,
+        recipe,
+        tmp_path / "full",
+        tmp_path / "cut",
+        stop_step=5,
     )
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
     assert any(k.startswith("extra/task/trainable.stage1") for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_bad_stages_and_eps_fail_before_training(tmp_path, data, teacher_run):
     def run(args):
         recipe = RECIPE.replace(task="ofa", task_args={"teacher": str(teacher_run), **args})
-        fit(_student("resnet_pico"), data, recipe, tmp_path / "bad", progress=False)
+        fit(make_student("resnet_pico"), data, recipe, tmp_path / "bad", progress=False)
 
     with pytest.raises(
         ValueError, match=r"has 4 stages .*stages \[5\] do not exist.*within 1\.\.4"

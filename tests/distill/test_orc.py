@@ -7,31 +7,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
+from _checks import (
+    RECIPE,
+    assert_resumes_bit_exact,
+    make_student,
+    np_softmax,
+    validate_before_training,
+)
 
-from archbench.data import load_dataset
-from archbench.models import create_model
-from archbench.train import Batch, Recipe, create_task, fit
+from archbench.train import Batch, create_task, fit
 from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
 
 
 def _student(name="resnet_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    return make_student(name)
 
 
 class _Logits(nn.Module):
@@ -66,16 +55,16 @@ def test_roles_group_teaching_and_error_images_by_hand():
     temp, alpha, intensive = 2.0, 0.4, 0.7
 
     def ce(logits, rows=slice(None)):
-        return -(y[rows] * np.log(_softmax(logits[rows]))).sum(1).mean()
+        return -(y[rows] * np.log(np_softmax(logits[rows]))).sum(1).mean()
 
     def kd(probs, logits):  # T^2 KL(probs || softmax(logits / T))
-        q = _softmax(logits / temp)
+        q = np_softmax(logits / temp)
         return temp**2 * (probs * (np.log(probs) - np.log(q))).sum(1).mean()
 
     ces = [ce(m) for m in z]
     assert int(np.argmin(ces)) == 2
-    p_group = (_softmax(teacher / temp) + _softmax(z[2] / temp)) / 2
-    p_private = _softmax(teacher / temp)
+    p_group = (np_softmax(teacher / temp) + np_softmax(z[2] / temp)) / 2
+    p_private = np_softmax(teacher / temp)
     # the students (model, peer 1) err on samples 1 and 2 (the model does)
     wrong = np.array([False, True, True])
     assert ((z[0].argmax(1) != labels) | (z[1].argmax(1) != labels)).tolist() == wrong.tolist()
@@ -121,37 +110,22 @@ def test_roles_group_teaching_and_error_images_by_hand():
     assert two.roles([0.2, 0.2, 0.1]) == ([0, 2], [1])
 
 
-def _kd_before(args, model, data):
-    task = create_task("orc", args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)["kd"]
-
-
 def test_training_lowers_the_loss_and_resumes_bit_exact(tmp_path, data, teacher_run):
     # a ViT model and a CNN peer teach each other, with a CNN teacher in the teacher group
     args = {"peers": ["resnet_pico"], "teachers": [str(teacher_run)]}
     recipe = RECIPE.replace(task="orc", task_args=args, checkpoint_every_steps=1)
-    before = _kd_before(args, _student("vit_pico"), data)
+    _, before = validate_before_training("orc", args, _student("vit_pico"), data)
     res = fit(_student("vit_pico"), data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_kd"] < before
+    assert res.history[-1]["val_kd"] < before["kd"]
     promoted = [r["train_promoted"] for r in res.history]
     assert all(0 <= p <= 1 for p in promoted) and "val_peer1_top1" in res.history[-1]
 
-    class StopAt:
-        def on_step_end(self, state):
-            state.stop = state.step == 5  # inside the second epoch
-
-    first = fit(
-        _student("vit_pico"), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        lambda: _student("vit_pico"), data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
     )
-    assert first.status == "stopped" and first.steps == 5
-    fit(_student("vit_pico"), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("extra/task/trainable.peers.0.") for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert any(k.startswith("extra/task/trainable.peers.0.") for k in a)
 
 
 def test_copies_differ_and_bad_arguments_fail_before_training(tmp_path, data):

@@ -11,33 +11,20 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from _checks import RECIPE, assert_resumes_bit_exact, make_student, validate_before_training
 
-from archbench.data import load_dataset
 from archbench.distill.scalekd import (
     CrossAttentionProjector,
     dct_matrix,
     mimic_loss,
     remove_direct_component,
 )
-from archbench.models import create_model
-from archbench.train import Recipe, create_task, fit
-from archbench.train.callbacks import TrainState
-from archbench.train.engine import validate
+from archbench.train import create_task, fit
 from archbench.train.tasks import Batch
-
-SPEC = "shapes:n_train=64,n_val=32,n_test=16,img_size=16,num_classes=4"
-RECIPE = Recipe(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.0, seed=1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(SPEC, seed=0)
 
 
 def _student(name="resnet_pico"):
-    torch.manual_seed(1)
-    return create_model(name, num_classes=4, img_size=16)
+    return make_student(name)
 
 
 def _normalize(a):
@@ -189,18 +176,6 @@ def test_the_objective_is_the_four_terms_and_kd(vit_teacher_run, data):
     assert float(loss) == pytest.approx(0.5 * ce + 0.5 * kl + sum(expected.values()), rel=1e-4)
 
 
-def _validation(task_args, model, data):
-    task = create_task("scalekd", task_args)
-    task.setup(model, data, RECIPE)
-    state = TrainState(model=model, optimizer=None, recipe=RECIPE, data=data, out_dir=".")
-    return validate(task, model, data.val, RECIPE, state)
-
-
-class StopAt:
-    def on_step_end(self, state):
-        state.stop = state.step == 5  # inside the second epoch
-
-
 @pytest.mark.parametrize("student, check_resume", [("resnet_pico", True), ("mixer_pico", False)])
 def test_vit_teacher_training_lowers_the_feature_loss_and_resumes_bit_exact(
     tmp_path, data, vit_teacher_run, student, check_resume
@@ -208,22 +183,17 @@ def test_vit_teacher_training_lowers_the_feature_loss_and_resumes_bit_exact(
     args = {"teacher": str(vit_teacher_run)}
     recipe = RECIPE.replace(task="scalekd", task_args=args, checkpoint_every_steps=1)
     model = _student(student)
-    before = _validation(args, model, data)["feature"]
+    _, before = validate_before_training("scalekd", args, model, data)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_feature"] < before
+    assert res.history[-1]["val_feature"] < before["feature"]
     if not check_resume:
         return
-    cut = fit(
-        _student(student), data, recipe, tmp_path / "cut", callbacks=[StopAt()], progress=False
+    # stopped inside the second epoch
+    a, _ = assert_resumes_bit_exact(
+        lambda: _student(student), data, recipe, tmp_path / "full", tmp_path / "cut", stop_step=5
     )
-    assert cut.status == "stopped" and cut.steps == 5
-    fit(_student(student), data, recipe, tmp_path / "cut", progress=False)
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
     assert any(k.startswith("extra/task/trainable.s4_frequency") for k in a)
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_bad_layers_and_heads_fail_before_training(tmp_path, data, vit_teacher_run):
