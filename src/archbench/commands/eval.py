@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from archbench.runs import locate_checkpoint
 from archbench.data import load_dataset
 from archbench.models import create_model
+from archbench.runs import locate_checkpoint
 from archbench.train import check_model_data, evaluate, load_checkpoint
 
 from ._common import non_negative_int, pct, positive_int, print_json

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from archbench.runs import load_trained
 from archbench.data import load_dataset
 from archbench.data.transforms import normalize
 from archbench.explain import (
@@ -22,6 +21,7 @@ from archbench.explain import (
     to_display,
 )
 from archbench.models import create_model, get_model_card
+from archbench.runs import load_trained
 
 from ._common import (
     add_model_arg,
