@@ -217,3 +217,15 @@ def task_changes(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     elif task_args:
         changes["task_args"] = {**recipe.task_args, **task_args}
     return changes
+
+
+def compare_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What ``--json`` prints for a finished comparison: its paths and leaderboard rows."""
+    return {
+        "out": str(result["out"]),
+        "leaderboard": str(result["out"] / "leaderboard.md"),
+        "report": str(result["report"]),
+        "results": str(result["out"] / "results.jsonl"),
+        "elapsed_s": result["elapsed_s"],
+        "rows": result["rows"],
+    }

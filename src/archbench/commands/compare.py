@@ -10,6 +10,7 @@ from archbench.bench.compare import CompareSpec, run_compare
 from ._common import (
     add_model_arg,
     add_task_arg,
+    compare_summary,
     model_args_for,
     parse_kv,
     positive_int,
@@ -119,16 +120,7 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if args.json:  # stdout holds the JSON alone
         result = run_compare(spec, remeasure=args.remeasure, log=_to_stderr)
-        print_json(
-            {
-                "out": str(result["out"]),
-                "leaderboard": str(result["out"] / "leaderboard.md"),
-                "report": str(result["report"]),
-                "results": str(result["out"] / "results.jsonl"),
-                "elapsed_s": result["elapsed_s"],
-                "rows": result["rows"],
-            }
-        )
+        print_json(compare_summary(result))
         return 0
     result = run_compare(spec, remeasure=args.remeasure)
     print()

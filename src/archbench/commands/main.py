@@ -14,7 +14,7 @@ import time
 
 from archbench.bench.compare import CompareSpec, run_compare
 
-from ._common import positive_int, print_json
+from ._common import compare_summary, positive_int, print_json
 
 DEFAULT_MODELS = ["resnet_pico", "convnext_pico", "vit_pico", "mixer_pico", "caformer_pico"]
 DEFAULT_DATA = "shapes:n_train=3000,n_val=1000,n_test=1000"
@@ -63,16 +63,7 @@ def run_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_compare(spec, log=log)
     if args.json:
-        print_json(
-            {
-                "out": str(result["out"]),
-                "leaderboard": str(result["out"] / "leaderboard.md"),
-                "report": str(result["report"]),
-                "results": str(result["out"] / "results.jsonl"),
-                "elapsed_s": result["elapsed_s"],
-                "rows": result["rows"],
-            }
-        )
+        print_json(compare_summary(result))
         return 0
     print()
     print(result["leaderboard"])

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from ..train import ClassificationTask, register_task, soft_cross_entropy
 from ..train.evaluate import model_device
-from .teacher import TeacherInput, load_teacher
+from .teacher import load_teacher, teacher_input_for
 
 __all__ = [
     "ConnectedHead",
@@ -86,21 +86,6 @@ def teacher_specs(teachers: Any, what: str = "teachers") -> list[str]:
     if bad:
         raise ValueError(f"{what} must hold run folder paths, got {bad[0]!r}")
     return [str(t) for t in teachers]
-
-
-def teacher_input_for(info: dict[str, Any], data: Any) -> TeacherInput:
-    """The conversion of ``data``'s normalized batches into one teacher's input."""
-    t_data = info["data"]
-    same_data = t_data.get("mean") is None and t_data.get("spec") == data.spec
-    return TeacherInput(
-        data.mean,
-        data.std,
-        data.mean if same_data else t_data.get("mean"),
-        data.std if same_data else t_data.get("std"),
-        data.in_chans,
-        int(t_data.get("in_chans") or data.in_chans),
-        t_data.get("img_size") if t_data.get("img_size") != data.img_size else None,
-    )
 
 
 class TeacherGroup(nn.Module):

@@ -29,7 +29,7 @@ from ..runs import MODEL_JSON, locate_checkpoint
 from ..train import ClassificationTask, load_checkpoint, read_checkpoint_meta
 from ..train.checkpoint import atomic_write_text
 
-__all__ = ["DistillationTask", "TeacherInput", "load_teacher"]
+__all__ = ["DistillationTask", "TeacherInput", "load_teacher", "teacher_input_for"]
 
 _AUG_FIELDS = (
     "batch_size",
@@ -137,6 +137,21 @@ class TeacherInput(nn.Module):
         return x
 
 
+def teacher_input_for(info: dict[str, Any], data: Any) -> TeacherInput:
+    """The conversion of ``data``'s normalized batches into one teacher's input."""
+    t_data = info["data"]
+    same_data = t_data.get("mean") is None and t_data.get("spec") == data.spec
+    return TeacherInput(
+        data.mean,
+        data.std,
+        data.mean if same_data else t_data.get("mean"),
+        data.std if same_data else t_data.get("std"),
+        data.in_chans,
+        int(t_data.get("in_chans") or data.in_chans),
+        t_data.get("img_size") if t_data.get("img_size") != data.img_size else None,
+    )
+
+
 class DistillationTask(ClassificationTask):
     """Base of the distillation tasks: the teacher, its input conversion and its cache.
 
@@ -179,17 +194,7 @@ class DistillationTask(ClassificationTask):
                 "same classes"
             )
         self.teacher_info = info
-        t_data = info["data"]
-        same_data = t_data.get("mean") is None and t_data.get("spec") == data.spec
-        self.frozen["input"] = TeacherInput(
-            data.mean,
-            data.std,
-            data.mean if same_data else t_data.get("mean"),
-            data.std if same_data else t_data.get("std"),
-            data.in_chans,
-            int(t_data.get("in_chans") or data.in_chans),
-            t_data.get("img_size") if t_data.get("img_size") != data.img_size else None,
-        )
+        self.frozen["input"] = teacher_input_for(info, data)
         self.frozen["teacher"] = teacher
         if self.cache_dir:
             self.cache_path = Path(self.cache_dir) / self._cache_key(data, recipe)
