@@ -40,5 +40,9 @@ def load_trained(path: str | Path, which: str = "best") -> tuple[nn.Module, dict
     ck, run = locate_checkpoint(path, which)
     info = json.loads((run / MODEL_JSON).read_text())
     model = create_model(info["model"], **info["kwargs"])
+    if info.get("structure"):  # a pruned model: give it the pruned shapes first
+        from .compress.structured import apply_structure
+
+        apply_structure(model, info["structure"])
     load_checkpoint(ck, model)
     return model.eval(), info

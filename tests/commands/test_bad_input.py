@@ -178,6 +178,38 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
             r"no/such/run",
         ),
     ],
+    "pretrain": [
+        ("unknown method", on_tiny("--method", "simclrr"), r"unknown --method 'simclrr'.*simclr_v2"),
+        (
+            "method that needs labels",
+            on_tiny("--method", "simclr_v2_finetune"),
+            r"needs labels and pretrain gives it none.*archbench train",
+        ),
+        (
+            "backbone the method cannot use",
+            on_tiny("--method", "swav", models=("mixer_pico",)),
+            r"swav's small crops are 8x8.*small_size",
+        ),
+        (
+            "unknown method argument",
+            on_tiny("--method", "simclr_v2", "--method-arg", "temprature=0.2"),
+            r"temprature.*accepted: temperature",
+        ),
+        (
+            "bad method argument value",
+            on_tiny("--method", "simclr_v2", "--method-arg", "temperature=-1"),
+            r"temperature must be > 0",
+        ),
+        ("misspelt model", on_tiny("--method", "rotnet", models=("resnet_picoo",)), r"resnet_pico"),
+    ],
+    "probe": [
+        ("missing run", ["{tmp}/no/run"], r"does not exist.*archbench pretrain"),
+        ("folder without an encoder", ["{tmp}"], r"no checkpoint.*no pretrained encoder"),
+        ("supervised run", ["{run}"], r"task 'classification', not a self-supervised method"),
+        ("unknown kind", ["{run}", "--kind", "svm"], r"invalid choice: 'svm'"),
+        ("bad weight decays", ["{run}", "--weight-decays", "a,b"], r"comma-separated numbers"),
+        ("zero k", ["{run}", "--ks", "0,5"], r"integers >= 1"),
+    ],
     "compare": [
         ("no model", on_tiny(models=()), r"at least one MODEL"),
         ("misspelt model", on_tiny(models=("resnet_pico", "vit_picoo")), r"vit_picoo"),
@@ -212,6 +244,45 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("negative epochs", ["--epochs", "-2", "--out", "{out}"], r"--epochs.*>= 1"),
         ("zero jobs", ["--jobs", "0", "--out", "{out}"], r"--jobs.*>= 1"),
         ("no --out", ["--task", "symbolic"], r"required.*--out"),
+    ],
+    "compress": [
+        (
+            "ratio above 1",
+            ["{run}", "--method", "structured", "--arg", "ratio=1.5", "--out", "{out}"],
+            r"ratio must lie in \(0, 1\).*got 1.5",
+        ),
+        (
+            "ratio 0",
+            ["{run}", "--method", "structured", "--arg", "ratio=0", "--out", "{out}"],
+            r"ratio must lie in \(0, 1\)",
+        ),
+        (
+            "misspelt method",
+            ["{run}", "--method", "structurd", "--out", "{out}"],
+            r"unknown compression method 'structurd'.*structured",
+        ),
+        (
+            "unknown argument",
+            ["{run}", "--method", "structured", "--arg", "nosuch=1", "--out", "{out}"],
+            r"no argument\(s\) nosuch; accepted: ratio",
+        ),
+        (
+            "scheme without a kernel",
+            ["{run}", "--method", "pt2e_int8", "--arg", "scheme=int4", "--out", "{out}"],
+            r"unknown quantization scheme 'int4'.*fake",
+        ),
+        (
+            "calibration of the wrong shape",
+            ["{run}", "--method", "pt2e_int8", "--data", TINY.replace("img_size=16", "img_size=8"),
+             "--out", "{out}"],
+            r"calibration images are 3x8x8.*takes 3x16x16.*img_size=16",
+        ),
+        (
+            "a layer to ignore that does not exist",
+            ["{run}", "--method", "structured", "--arg", "ignore=nosuch", "--out", "{out}"],
+            r"ignore names module\(s\) nosuch",
+        ),
+        ("no run folder", ["{tmp}", "--method", "structured", "--out", "{out}"], r"no checkpoint"),
     ],
 }
 

@@ -46,17 +46,88 @@ def test_gap_linear_head_gradcam_and_hirescam_equal_cam(resnet):
     torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-4, atol=0)
 
 
-def test_eigencam_is_first_principal_projection(resnet):
+def test_eigencam_is_first_principal_component(resnet):
+    from sklearn.decomposition import PCA
+
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _, a = _layer_output(resnet, x)
     maps = explain(resnet, x, method="eigencam", upsample=False, normalize=False)
     for i in range(2):
-        m = a[i].flatten(1).T  # positions x channels
-        _, _, vh = torch.linalg.svd(m, full_matrices=False)
-        proj = m @ vh[0]
-        proj = proj if proj.sum() >= 0 else -proj
-        torch.testing.assert_close(maps[i].flatten(), F.relu(proj), rtol=1e-4, atol=1e-5)
+        m = a[i].flatten(1).T.double().numpy()  # positions x channels
+        score = torch.from_numpy(PCA(n_components=1).fit_transform(m)[:, 0])
+        # PCA's sign is arbitrary: take the one that follows the activation norm per position
+        norm = a[i].flatten(1).norm(dim=0).double()
+        if torch.dot(score, norm - norm.mean()) < 0:
+            score = -score
+        torch.testing.assert_close(maps[i].flatten().double(), F.relu(score), rtol=1e-3, atol=1e-4)
+
+
+def test_eigencam_finds_the_varying_region_not_the_mean_direction():
+    """A constant background with a strong mean plus an object that differs from it: the
+    first principal component separates the object; the uncentred first singular vector
+    is the background's mean direction and lights up the background instead."""
+    from archbench.explain.cam import eigen_projection
+
+    a = torch.zeros(1, 4, 6, 6)
+    a[0, 0] = 10.0  # background: every position has a large channel-0 value
+    a[0, 1, 2:4, 2:4] = 6.0  # object: channel 1 at the centre (larger norm)
+    a[0, 0, 2:4, 2:4] = 9.0
+    proj = eigen_projection(a)[0]
+    obj = torch.zeros(6, 6, dtype=torch.bool)
+    obj[2:4, 2:4] = True
+    assert proj[obj].min() > proj[~obj].max()
+    torch.testing.assert_close(proj.sum(), torch.tensor(0.0), atol=1e-4, rtol=0)
+
+
+def _gradcampp_paper(a, g):
+    """Grad-CAM++ written out from the paper, one channel and position at a time."""
+    b, c, h, w = a.shape
+    maps = torch.zeros(b, h, w, dtype=torch.float64)
+    for i in range(b):
+        for k in range(c):
+            s = float(a[i, k].sum())
+            wk = 0.0
+            for y in range(h):
+                for x in range(w):
+                    gij = float(g[i, k, y, x])
+                    den = 2 * gij**2 + s * gij**3
+                    alpha = gij**2 / den if den > 0 else 0.0
+                    wk += alpha * max(gij, 0.0)
+            maps[i] += wk * a[i, k].double()
+    return F.relu(maps)
+
+
+def test_gradcampp_matches_the_paper_formula(resnet):
+    x = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([2, 5])
+    a = []
+    h = resnet.get_submodule(resnet.cam_target).register_forward_hook(lambda m, i, o: a.append(o))
+    logits = resnet(x)
+    h.remove()
+    (g,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), a[0])
+    ref = _gradcampp_paper(a[0].detach(), g)
+    ours = explain(resnet, x, targets, method="gradcam++", upsample=False, normalize=False)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-7)
+    # gradients here are about 1e-3: the 1e-6 epsilon some implementations add to the
+    # denominator would already change alpha by several percent
+    assert g.abs().mean() < 1e-2
+
+
+def test_gradcampp_alpha_near_zero_and_non_positive_denominators():
+    from archbench.explain.cam import gradcampp_alpha
+
+    # one channel, four positions; activation sum s = -2
+    a = torch.tensor([[[[-1.0, -1.0], [0.0, 0.0]]]], dtype=torch.float64)
+    g = torch.tensor([[[[1e-4, 0.0], [0.999, 1.5]]]], dtype=torch.float64)
+    alpha = gradcampp_alpha(a, g)[0, 0].flatten()
+    s = -2.0
+    # tiny gradient: alpha = 1 / (2 + s g) exactly, no epsilon shrinking it
+    torch.testing.assert_close(alpha[0], torch.tensor(1 / (2 + s * 1e-4), dtype=torch.float64))
+    assert alpha[1] == 0.0  # g = 0
+    # 2 + s g = 0.002: near zero but positive, the formula's large value
+    torch.testing.assert_close(alpha[2], torch.tensor(1 / (2 + s * 0.999), dtype=torch.float64))
+    assert alpha[3] == 0.0  # 2 + s g = -1: no valid alpha
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -150,21 +150,64 @@ def test_rbf_peak_at_centres():
 
 def test_rational_initialisations_match_their_functions():
     x = torch.linspace(-3, 3, 301)[:, None].repeat(1, 4)
-    for init, fn in [("identity", lambda t: t), ("gelu", torch.nn.functional.gelu)]:
+    fns = [
+        ("identity", lambda t: t),
+        ("gelu", torch.nn.functional.gelu),
+        ("swish", torch.nn.functional.silu),
+    ]
+    for init, fn in fns:
         r = GroupRationalBasis(4, num_groups=2, init=init)
-        torch.testing.assert_close(r(x)[..., 0], fn(x), atol=2e-3, rtol=0)
+        torch.testing.assert_close(r(x)[..., 0], fn(x), atol=5e-3, rtol=0)
     r = GroupRationalBasis(4, num_groups=2)
-    # variance-preserving statistic: E[gelu(x)^2] under N(0, 1) is about 0.4252
+    assert r.init == "swish"  # the release's default
+    # variance-preserving statistic: E[swish(x)^2] under N(0, 1) is about 0.3558
     z = torch.randn(400_000, 4, generator=torch.Generator().manual_seed(0))
     assert abs(r(z).square().mean().item() - r.second_moment) < 0.01
-    # groups are independent: changing group 1's coefficients leaves group 0 alone
+    assert abs(r.second_moment - 0.3558) < 1e-3
+    # groups are independent: changing group 1's denominator leaves group 0 alone
     with torch.no_grad():
-        r.numerator[1] = 0.0
+        r.denominator[1] = 5.0
     out = r(x)[..., 0]
-    assert torch.equal(out[:, 2:], torch.zeros_like(out[:, 2:]))
-    torch.testing.assert_close(out[:, :2], torch.nn.functional.gelu(x[:, :2]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(out[:, :2], torch.nn.functional.silu(x[:, :2]), atol=5e-3, rtol=0)
+    assert (out[:, 2:] - torch.nn.functional.silu(x[:, 2:])).abs().max() > 0.5
     with pytest.raises(ValueError, match="divisible"):
         GroupRationalBasis(6, num_groups=4)
+
+
+def _release_group_rational(x, a, b, groups):
+    """KAT's released kernel, written out: P(x) / (1 + |b1||x| + |b2||x|^2 + ...), with the
+    numerator a shared by every group and one row of b per contiguous group of features."""
+    out = torch.empty_like(x)
+    d = x.shape[-1] // groups
+    for g in range(groups):
+        xs = x[..., g * d : (g + 1) * d]
+        num = sum(a[i] * xs**i for i in range(len(a)))
+        den = 1 + sum(abs(b[g][j]) * xs.abs() ** (j + 1) for j in range(len(b[g])))
+        out[..., g * d : (g + 1) * d] = num / den
+    return out
+
+
+def test_group_rational_matches_the_release_formula():
+    torch.manual_seed(0)
+    r = GroupRationalBasis(12, num_groups=3).double()
+    assert r.numerator.shape == (1, 6) and r.denominator.shape == (3, 4)
+    with torch.no_grad():
+        r.numerator.copy_(torch.tensor([[0.1, -0.7, 0.3, 0.2, -0.05, 0.01]], dtype=torch.float64))
+        r.denominator.copy_(torch.tensor([[-0.8, 0.5, -0.3, 0.1], [0.2, -1.1, 0.4, -0.2],
+                                          [1.5, 0.0, -0.6, 0.3]], dtype=torch.float64))  # fmt: skip
+    x = torch.randn(5, 7, 12, dtype=torch.float64) * 2
+    ref = _release_group_rational(x, r.numerator[0].tolist(), r.denominator.tolist(), groups=3)
+    torch.testing.assert_close(r(x)[..., 0], ref)
+    # the same values through the analytic-backward path
+    xg = x.clone().requires_grad_(True)
+    out = r(xg)[..., 0]
+    torch.testing.assert_close(out, ref)
+    # a hand-computed point: x = -2 in group 0
+    a = [0.1, -0.7, 0.3, 0.2, -0.05, 0.01]
+    p = sum(c * (-2.0) ** i for i, c in enumerate(a))
+    q = 1 + 0.8 * 2 + 0.5 * 4 + 0.3 * 8 + 0.1 * 16
+    val = r(torch.full((1, 12), -2.0, dtype=torch.float64))[0, 0, 0]
+    assert abs(val.item() - p / q) < 1e-12
 
 
 def test_selectable_is_weighted_concatenation():

@@ -46,7 +46,8 @@ def test_cbam_resnet50_matches_paper_count():
 
 
 def test_pkcam_and_eca_are_tiny():
-    assert _params(create_attn("pkcam", 256)) == 2 * 5  # two signals x kernel 5
+    # local and global ECA kernels of 5 plus the two kernel-2 fusions
+    assert _params(create_attn("pkcam", 256)) == 2 * 5 + 2 * 2
     assert _params(create_attn("eca", 256)) == 5
 
 
@@ -136,18 +137,19 @@ def test_condconv_mixes_per_example():
     torch.testing.assert_close(y[1:], cc(x[1:]), rtol=1e-5, atol=1e-5)
 
 
-def test_rotation_by_zero_and_by_quarter_turn():
+def test_rotation_by_zero_is_identity_and_opposite_angles_mirror():
     w = torch.randn(1, 2, 3, 3, 3)
     torch.testing.assert_close(rotate_kernels(w, torch.zeros(1, 1))[0], w, atol=1e-6, rtol=0)
-    quarter = rotate_kernels(w, torch.full((1, 1), torch.pi / 2))[0, 0]
-    # a 90-degree rotation of a 3x3 kernel is an exact permutation of its taps
-    assert any(
-        torch.allclose(quarter, torch.rot90(w[0], k, dims=(-2, -1)), atol=1e-5) for k in (1, 3)
-    )
+    # rotating a transposed kernel by -theta is the transpose of rotating it by +theta
+    t = torch.full((1, 1), 0.4)
+    plus = rotate_kernels(w, t)[0, 0]
+    minus = rotate_kernels(w.transpose(-1, -2), -t)[0, 0]
+    torch.testing.assert_close(minus, plus.transpose(-1, -2), atol=1e-6, rtol=0)
 
 
 def test_adaptive_rotated_conv_reduces_to_conv_without_rotation():
     arc = AdaptiveRotatedConv2d(4, 5, 3, num_kernels=1)
+    nn.init.zeros_(arc.to_angle.weight)  # angle 0
     nn.init.zeros_(arc.to_weight.weight)
     nn.init.constant_(arc.to_weight.bias, 100.0)  # sigmoid -> 1
     x = torch.randn(2, 4, 6, 6)
@@ -170,7 +172,6 @@ def test_laurel_starts_as_plain_residual(mode):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(attn_layer="sk"),
         dict(attn_layer="pkcam"),
         dict(norm_layer="ibn"),
         dict(conv_layer="ws", norm_layer="bcn"),
@@ -182,6 +183,14 @@ def test_laurel_starts_as_plain_residual(mode):
 )
 def test_every_plugin_is_one_argument_of_resnet(kwargs):
     model = create_model("resnet_pico", num_classes=5, **kwargs)
+    out = model(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 5)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_sk_is_one_argument_of_a_bottleneck_resnet():
+    model = create_model("resnext_pico", num_classes=5, conv_layer="sk")
     out = model(torch.randn(2, 3, 32, 32))
     out.sum().backward()
     assert out.shape == (2, 5)

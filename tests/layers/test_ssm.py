@@ -84,3 +84,60 @@ def test_mamba_mixer_forms_agree_and_are_causal():
     x2[:, 15:] += 1.0  # changing the future leaves the past unchanged
     torch.testing.assert_close(mixer(x2)[:, :15], y[:, :15], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(mixer(x2)[:, 15:], y[:, 15:])
+
+
+def _recurrence(u, delta, A, B, C, D):
+    """The S6 recurrence written out in float64, without any floor on the decay."""
+    u, delta, A, B, C, D = (t.double() for t in (u, delta, A, B, C, D))
+    delta = torch.nn.functional.softplus(delta)
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(u.shape[-1]):
+        a = torch.exp(delta[:, :, t, None] * A)  # (B, D, N)
+        h = a * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1) + D * u[:, :, t])
+    return torch.stack(ys, -1)
+
+
+def _strong(length=70, dtype=torch.float64):
+    args = _inputs(length=length, dtype=dtype)
+    args.pop("z"), args.pop("delta_bias")
+    args["delta"] = args["delta"] * 4  # softplus(delta) up to ~15: log-decays down to ~-120
+    return args
+
+
+def test_floored_chunked_scan_against_the_unfloored_recurrence():
+    args = _strong()
+    exact = _recurrence(**args)
+    assert (torch.nn.functional.softplus(args["delta"])[..., None] * 8 > 10).any()  # floor binds
+    y = selective_scan(**args, delta_softplus=True)
+    err = (y - exact).abs().max() / exact.abs().max()
+    # the -10 floor keeps exp(-10) = 4.5e-5 of the state where the true decay keeps less
+    assert 0 < err < 1e-4
+    ref = selective_scan_ref(**args, delta_softplus=True, log_decay_floor=None)
+    torch.testing.assert_close(ref, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 32, 37])
+def test_exact_path_is_the_unfloored_recurrence(chunk_size):
+    args = _strong()
+    exact = _recurrence(**args)
+    y = selective_scan(**args, delta_softplus=True, exact=True, chunk_size=chunk_size)
+    torch.testing.assert_close(y, exact, rtol=1e-12, atol=1e-12)
+    # float32 inputs: float32 rounding only
+    args32 = {k: v.float() for k, v in args.items()}
+    y32 = selective_scan(**args32, delta_softplus=True, exact=True)
+    torch.testing.assert_close(y32.double(), exact, rtol=2e-6, atol=2e-6)
+
+
+def test_exact_path_gradients_match_the_reference():
+    args = _strong(length=40)
+    a = {k: v.clone().requires_grad_() for k, v in args.items()}
+    r = {k: v.clone().requires_grad_() for k, v in args.items()}
+    w = torch.randn(2, 6, 40, dtype=torch.float64)
+    (selective_scan(**a, delta_softplus=True, exact=True) * w).sum().backward()
+    (selective_scan_ref(**r, delta_softplus=True, log_decay_floor=None) * w).sum().backward()
+    for k in args:
+        torch.testing.assert_close(a[k].grad, r[k].grad, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="exact=True"):
+        selective_scan(**args, exact=True, chunk_size=64)

@@ -44,3 +44,12 @@ def test_cross_part_bypasses_the_blocks():
     stage(x)
     hook.remove()
     assert seen == [stage.half] and stage.conv_split.conv.out_channels == 2 * stage.half
+
+
+def test_leaky_relu_slope_is_darknets_0_1():
+    model = create_model("cspnet_pico")
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.1}
+    x = torch.tensor([-2.0, 3.0])
+    leaky = next(m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU))
+    torch.testing.assert_close(leaky(x), torch.tensor([-0.2, 3.0]))

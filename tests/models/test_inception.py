@@ -70,9 +70,12 @@ def test_released_scales_and_last_block_is_linear():
         {b.scale for b in stage if isinstance(b, InceptionResBlock)}
         for stage in (model.stage1, model.stage2, model.stage3)
     ]
-    assert scales == [{0.17}, {0.10}, {0.20}]
+    # the release repeats block8 nine times at 0.20 and adds a final block8 with the
+    # default scale 1.0 and no activation
+    assert scales == [{0.17}, {0.10}, {0.20, 1.0}]
     blocks = [b for b in model.stage3 if isinstance(b, InceptionResBlock)]
     assert len(blocks) == 10
+    assert [b.scale for b in blocks] == [0.20] * 9 + [1.0]
     assert isinstance(blocks[-1].act, torch.nn.Identity)
     assert all(isinstance(b.act, torch.nn.ReLU) for b in blocks[:-1])
 
@@ -94,3 +97,57 @@ def test_conv_norm_act_same_padding_and_bias_rules():
     assert plain.conv.bias is not None and len(plain) == 1
     with pytest.raises(ValueError, match="groups"):
         ConvNormAct(4, 6, 3, groups=4)
+
+
+def test_last_block_adds_its_branch_unscaled_and_linearly():
+    model = create_model("inception_resnet_v2_pico").eval()
+    block = [b for b in model.stage3 if isinstance(b, InceptionResBlock)][-1]
+    x = torch.randn(2, block.up.out_channels, 8, 8)
+    with torch.no_grad():
+        expected = x + block.up(block.branches(x))
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_v3_aux_loss_is_weighted_soft_cross_entropy_added_by_the_task():
+    from types import SimpleNamespace
+
+    from archbench.train.tasks import Batch, ClassificationTask
+
+    torch.manual_seed(0)
+    model = create_model("inception_v3", aux_logits=True, num_classes=5).train()
+    assert model.aux_weight == 0.4
+    # cheap stand-ins for the trunk (the real one takes seconds on a CPU): 768 channels on
+    # a 17x17 grid feed the real auxiliary head, 2048 channels the real classifier
+    model.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 768, 1), torch.nn.AdaptiveAvgPool2d(17))
+    model.stage1 = model.stage2 = torch.nn.Identity()
+    model.stage3 = torch.nn.Conv2d(768, 2048, 1)
+    images = torch.randn(2, 3, 80, 80)
+    labels = torch.tensor([1, 3])
+    targets = torch.full((2, 5), 0.025)
+    targets[torch.arange(2), labels] = 0.9
+    batch = Batch(views=[images], targets=targets, labels=labels, index=torch.arange(2))
+    out = ClassificationTask().step(batch, SimpleNamespace(model=model))
+    aux_logits = model.aux_out
+    assert aux_logits is not None and aux_logits.shape == (2, 5)
+    # the paper's auxiliary objective written out: 0.4 * mean_i sum_k -t_ik log softmax(a_i)_k
+    p = aux_logits.detach().double().softmax(-1)
+    expected_aux = 0.4 * -(targets.double() * p.log()).sum(-1).mean()
+    torch.testing.assert_close(out["aux_loss"].double(), expected_aux)
+    torch.testing.assert_close(out["loss"].detach(), out["ce"] + out["aux_loss"])
+    # the auxiliary head receives gradient from the loss the engine minimises
+    out["loss"].backward()
+    assert model.aux.fc.weight.grad is not None and model.aux.fc.weight.grad.abs().sum() > 0
+    model.eval()
+    assert model.aux_loss(targets) is None
+    with pytest.raises(ValueError, match="aux_weight"):
+        create_model("inception_v3", aux_logits=True, aux_weight=-1.0)
+
+
+def test_pool_branch_average_leaves_padding_out_like_the_release():
+    # TensorFlow's SAME-padded 3x3 average pool divides each corner by its 4 valid pixels
+    model = create_model("inception_v3_pico")
+    pool = model.stage1[0].branches[-1][0]
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    y = pool(x)
+    assert y[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+    assert y[0, 0, 1, 1].item() == pytest.approx(x[0, 0, :3, :3].mean().item())

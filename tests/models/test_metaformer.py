@@ -194,3 +194,16 @@ def test_bad_tables_fail_clearly():
         MetaFormer(token_mixers=("identity", "identity"))
     with pytest.raises(ValueError, match="head must be"):
         MetaFormer(head="conv")
+
+
+def test_layernorm_epsilons_follow_the_release():
+    # metaformer_baselines.py: output norm partial(nn.LayerNorm, eps=1e-6); the MLP head's
+    # norm is a plain nn.LayerNorm (eps 1e-5); stem and downsampling norms eps 1e-6
+    with torch.device("meta"):
+        conv = create_model("convformer_s18")
+        ident = create_model("identityformer_s12")
+    for model in (conv, ident):
+        assert model.norm.eps == 1e-6
+        assert model.stem[1].eps == 1e-6 and model.downsample[1][0].eps == 1e-6
+    assert isinstance(conv.head, MlpHead) and conv.head.norm.eps == 1e-5
+    assert isinstance(ident.head, nn.Linear)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -14,7 +12,6 @@ from archbench.models.nasnet import (
     OPS,
     NASNetCell,
     ScheduledDropPath,
-    ScheduledDropPathCallback,
     _FactorizedReduction,
 )
 
@@ -89,12 +86,31 @@ def test_drop_path_only_acts_in_training_with_progress():
     assert not torch.equal(model(x), model(x))
 
 
-def test_callback_sets_progress_from_steps():
-    model = create_model("nasnet_pico", drop_path_rate=0.3)
-    state = SimpleNamespace(
-        model=model, step=30, steps_per_epoch=10, recipe=SimpleNamespace(epochs=6)
+def test_fit_ramps_drop_path_from_zero_to_the_configured_rate(tmp_path):
+    from archbench.data import load_dataset
+    from archbench.train import Recipe, fit
+
+    data = load_dataset("shapes:n_train=8,n_val=4,n_test=4,img_size=8,num_classes=4", seed=0)
+    torch.manual_seed(0)
+    model = create_model(
+        "nasnet_pico", drop_path_rate=0.3, num_classes=4, img_size=8, num_filters=8
     )
-    ScheduledDropPathCallback().on_step_end(state)
+    last = model.cells[-1].drops[0]
+    assert last.max_rate == pytest.approx(0.3) and last.progress == 1.0  # built: full rate
+    seen = []
+
+    class Spy:
+        def on_train_batch_start(self, state, batch):
+            seen.append((state.step, last.rate, model.training))
+
+    recipe = Recipe(epochs=2, batch_size=4, eval_batch_size=4, warmup_epochs=0.0)
+    res = fit(model, data, recipe, tmp_path, callbacks=[Spy()], progress=False)
+    assert res.steps == 4 and [s for s, _, _ in seen] == [0, 1, 2, 3]
+    # TF-slim's schedule: rate = drop_path_rate * depth ratio * min(1, step / total steps)
+    for step, rate, training in seen:
+        assert training and rate == pytest.approx(0.3 * step / 4)
+    assert seen[0][1] == 0.0
+    assert last.rate == pytest.approx(0.3)  # after the last step: the configured rate
     assert all(
-        abs(m.progress - 0.5) < 1e-12 for m in model.modules() if isinstance(m, ScheduledDropPath)
+        abs(m.progress - 1.0) < 1e-12 for m in model.modules() if isinstance(m, ScheduledDropPath)
     )

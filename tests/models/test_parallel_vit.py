@@ -66,3 +66,21 @@ def test_pos_embed_resized_when_img_size_changes():
     assert torch.corrcoef(torch.stack([grid[0, 0], src[0, 0]]))[0, 1] > 0.9
     with torch.no_grad():
         assert big.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_class_token_gets_no_position_embedding_as_in_the_release():
+    # DeiT-III's vit_models: pos_embed is (1, num_patches, dim), added before the class
+    # token is prepended, so the class token enters the first block unchanged
+    model = create_model("parallel_vit_pico").eval()
+    n = model.patch_embed.num_patches
+    assert model.pos_embed.shape == (1, n, model.num_features)
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.forward_features(x)
+    hook.remove()
+    tokens = seen[0]
+    torch.testing.assert_close(tokens[:, 0], model.cls_token[:, 0].expand(2, -1))
+    expected = model.patch_embed(x) + model.pos_embed
+    torch.testing.assert_close(tokens[:, 1:], expected)

@@ -16,6 +16,9 @@ EXPECTED = {
     "regnetx_1600mf": ([72, 168, 408, 912], [2, 4, 10, 2]),
     "regnety_400mf": ([48, 104, 208, 440], [1, 3, 6, 6]),
     "regnety_1600mf": ([48, 120, 336, 888], [2, 6, 17, 2]),
+    "regnetx_002": ([24, 56, 152, 368], [1, 1, 4, 7]),
+    "regnety_002": ([24, 56, 152, 368], [1, 1, 4, 7]),
+    "regnety_040": ([128, 192, 512, 1088], [2, 6, 12, 2]),
 }
 
 
@@ -52,3 +55,17 @@ def test_models_follow_the_generated_stages_and_only_y_has_se():
 def test_bad_design_parameters_fail_clearly():
     with pytest.raises(ValueError, match="w_m > 1"):
         regnet_block_widths(24, 24.0, 1.0, 10)
+
+
+# published parameter counts of the released models (pycls / timm), in millions
+@pytest.mark.parametrize(
+    "name, millions, se",
+    [("regnetx_002", 2.68, False), ("regnety_002", 3.16, True), ("regnety_040", 20.65, True)],
+)
+def test_small_and_4gf_variants_match_the_released_counts(name, millions, se):
+    with torch.device("meta"):
+        model = create_model(name)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1e6 - millions) / millions < 0.005
+    has_se = any(type(m).__name__ == "SqueezeExcite" for m in model.modules())
+    assert has_se == se

@@ -43,3 +43,11 @@ def test_26w_4s_widths():
     assert block.width == 26 and block.conv1.conv.out_channels == 104
     assert len(block.convs) == 3
     assert model.stages[3][0].width == 208  # 512 * 26 / 64
+
+
+def test_res2net101_26w_4s_depth_and_released_count():
+    with torch.device("meta"):
+        model = create_model("res2net101_26w_4s")
+    assert [len(s) for s in model.stages] == [3, 4, 23, 3]
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1e6 - 45.21) / 45.21 < 0.005  # official release / timm: 45.21M

@@ -59,3 +59,38 @@ def test_identity_shortcut_adds_the_input():
             block.fuse(torch.cat([x, block.convs[0](x), block.convs[1](block.convs[0](x))], 1))
         )
         torch.testing.assert_close(block(x), x + y)
+
+
+def test_depthwise_vovnet19_separable_convs_and_reduction():
+    from archbench.models.vovnet import SeparableConvNormAct
+
+    with torch.device("meta"):
+        model = create_model("ese_vovnet19b_dw")
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1e6 - 6.54) / 6.54 < 0.005  # timm's published count
+    assert isinstance(model.stem[1], SeparableConvNormAct)
+    blocks = [b for s in model.stages for b in s if isinstance(b, OsaBlock)]
+    assert len(blocks) == 4 and all(isinstance(b.attn, EffectiveSE) for b in blocks)
+    assert all(len(b.convs) == 3 for b in blocks)
+    dw = blocks[0].convs[0].conv_dw
+    assert dw.groups == dw.in_channels == 128 and dw.bias is None
+    # the fuse takes the unreduced input: 64 + 3 * 128 in stage 1, 256 + 3 * 160 in stage 2
+    assert [b.concat_chs for b in blocks] == [64 + 384, 256 + 480, 512 + 576, 768 + 672]
+
+
+def test_depthwise_osa_block_written_out():
+    torch.manual_seed(0)
+    block = OsaBlock(6, 4, 8, 2, ese=False, residual=False, drop_path=0.0, depthwise=True)
+    block.eval()
+    x = torch.randn(2, 6, 5, 5)
+
+    def sep(conv, t):
+        t = torch.nn.functional.conv2d(t, conv.conv_dw.weight, None, 1, 1, 1, t.shape[1])
+        return conv.conv_pw(t)
+
+    with torch.no_grad():
+        r = block.reduce(x)
+        assert r.shape[1] == 4
+        y1 = sep(block.convs[0], r)
+        y2 = sep(block.convs[1], y1)
+        torch.testing.assert_close(block(x), block.fuse(torch.cat([x, y1, y2], 1)))

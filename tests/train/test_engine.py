@@ -57,7 +57,7 @@ def test_fit_writes_metrics_and_checkpoints(tmp_path, data):
     assert res.images_per_s > 0 and 0 <= res.data_time_share < 1
     best = load_checkpoint(res.best_checkpoint, _model())
     assert best["meta"]["epoch"] == res.best_epoch
-    assert Recipe.from_file(tmp_path / "recipe.yaml") == FAST
+    assert Recipe.from_file(tmp_path / "recipe.yaml") == FAST.for_data(data)  # as resolved
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries
     again = fit(_model(), data, FAST, tmp_path, progress=False)  # finished: nothing to do
     assert again.status == "completed" and again.steps == 8 and len(again.history) == 2

@@ -9,6 +9,16 @@ count, taken at the data's resolution, channels and classes, is within the toler
 the target. A class that declares no ``width_args`` cannot take such a budget.
 Depth is left as the variant defines it. The chosen arguments are returned so that they
 are recorded with every run and the model can be rebuilt from them.
+
+Two budgets fix how long models train instead of how big they are: ``steps`` gives
+every model the same number of optimizer steps, and ``compute`` the same training
+compute, counted as forward MACs per image x images seen (the backward pass costs about
+twice the forward for every model, so the factor is left out). Under ``compute`` each
+model trains for ``round(target / (MACs x batch))`` steps.
+
+:func:`count_for_budget` counts a model again from the exact arguments a run records
+(``model.json``) and the shape of the data's own image tensors, independently of the
+scaler's search; a comparison refuses to start when that count is off its target.
 """
 
 from __future__ import annotations
@@ -19,11 +29,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..models import create_model, get_model_card
 from .measure import count_flops
 
-__all__ = ["Budget", "ScaledModel", "parse_budget", "scale_to_budget", "width_args_of"]
+__all__ = [
+    "Budget",
+    "ScaledModel",
+    "count_for_budget",
+    "parse_budget",
+    "scale_to_budget",
+    "steps_for_compute",
+    "width_args_of",
+]
 
 
 @dataclass(frozen=True)
@@ -31,9 +50,11 @@ class Budget:
     """How every model in a comparison is given the same resources.
 
     kind: ``epochs`` (the recipe's epochs, or ``value``), ``time`` (wall-clock seconds of
-    training per run), ``params`` (matched parameter count) or ``flops`` (matched MACs of
-    one forward pass at the data's resolution). ``reference`` names a model whose count
-    is the target when no absolute ``value`` is given.
+    training per run), ``steps`` (the same number of optimizer steps), ``params`` (matched
+    parameter count), ``flops`` (matched MACs of one forward pass at the data's
+    resolution) or ``compute`` (matched training compute: forward MACs per image x images
+    seen). ``reference`` names a model whose count is the target when no absolute
+    ``value`` is given (for ``compute``: that model trained with the recipe's epochs).
     """
 
     kind: str
@@ -61,8 +82,9 @@ def _number(text: str) -> float:
 
 
 def parse_budget(text: str | dict | None) -> Budget:
-    """Read a budget: ``epochs``, ``epochs=10``, ``time=120``, ``params=1M``,
-    ``flops=20M``, ``params=match:resnet_pico`` (or the same as a mapping)."""
+    """Read a budget: ``epochs``, ``epochs=10``, ``time=120``, ``steps=500``, ``params=1M``,
+    ``flops=20M``, ``params=match:resnet_pico``, ``compute=2e12``,
+    ``compute=match:resnet_pico`` (or the same as a mapping)."""
     if text is None:
         return Budget("epochs")
     if isinstance(text, dict):
@@ -80,12 +102,13 @@ def parse_budget(text: str | dict | None) -> Budget:
         return Budget(
             budget.kind, budget.value, budget.reference, float(text.get("tolerance", 0.05))
         )
-    kinds = ("epochs", "time", "params", "flops")
+    kinds = ("epochs", "time", "steps", "params", "flops", "compute")
     kind, _, rest = str(text).partition("=")
     kind = kind.strip().lower()
     if kind not in kinds:
         raise ValueError(
-            f"unknown budget {text!r}; use one of: epochs[=N], time=SECONDS, params=N|match:MODEL, flops=N|match:MODEL"
+            f"unknown budget {text!r}; use one of: epochs[=N], time=SECONDS, steps=N, "
+            "params=N|match:MODEL, flops=N|match:MODEL, compute=MACS_X_IMAGES|match:MODEL"
         )
     rest = rest.strip()
     if not rest:
@@ -95,16 +118,16 @@ def parse_budget(text: str | dict | None) -> Budget:
             )
         return Budget("epochs")
     if rest.startswith("match:"):
-        if kind not in ("params", "flops"):
-            raise ValueError(f"match: works with params and flops budgets, not {kind!r}")
+        if kind not in ("params", "flops", "compute"):
+            raise ValueError(f"match: works with params, flops and compute budgets, not {kind!r}")
         ref = rest[len("match:") :]
         get_model_card(ref)  # fails with close matches for a typo
         return Budget(kind, None, ref)
     value = _number(rest)
     if value <= 0:
         raise ValueError(f"budget {kind} must be positive, got {rest}")
-    if kind == "epochs" and value != int(value):
-        raise ValueError(f"epochs must be a whole number, got {rest}")
+    if kind in ("epochs", "steps") and value != int(value):
+        raise ValueError(f"{kind} must be a whole number, got {rest}")
     return Budget(kind, value)
 
 
@@ -191,6 +214,39 @@ def _measure(
     if kind == "params":
         return float(sum(p.numel() for p in model.parameters()))
     return count_flops(model, img_size)["macs"]
+
+
+def count_for_budget(
+    name: str, build_kwargs: dict[str, Any], kind: str, input_shape: tuple[int, int, int]
+) -> float:
+    """Parameters, or forward MACs of one image of ``input_shape`` (C, H, W), of ``name``
+    built with exactly ``build_kwargs`` (the arguments a run records in ``model.json``).
+
+    Independent of the scaler: the model is built on ``meta`` from the recorded
+    arguments alone, and MACs are FlopCounterMode's FLOPs / 2 on an input of the given
+    shape (take it from the data's image tensors, not from a size setting).
+    """
+    if kind not in ("params", "flops"):
+        raise ValueError(f"count_for_budget counts params or flops, not {kind!r}")
+    with torch.device("meta"):
+        model = create_model(name, **build_kwargs)
+    if kind == "params":
+        return float(sum(p.numel() for p in model.parameters()))
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros((1, *input_shape), device="meta"))
+    return counter.get_total_flops() / 2.0
+
+
+def steps_for_compute(macs: float, batch_size: int, target: float) -> int:
+    """Optimizer steps that give ``macs`` x images seen closest to ``target`` (>= 1)."""
+    if macs <= 0 or batch_size < 1 or target <= 0:
+        raise ValueError(
+            f"steps_for_compute needs positive MACs, batch and target, got {macs}, "
+            f"{batch_size}, {target}"
+        )
+    return max(1, round(target / (macs * batch_size)))
 
 
 @dataclass

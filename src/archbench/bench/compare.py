@@ -29,7 +29,13 @@ import torch
 import yaml
 
 from ..models import create_model, get_model_card
-from .budget import measure_budget_quantity, parse_budget, scale_to_budget
+from .budget import (
+    count_for_budget,
+    measure_budget_quantity,
+    parse_budget,
+    scale_to_budget,
+    steps_for_compute,
+)
 from .leaderboard import (
     ACCURACY_KEYS,
     aggregate,
@@ -46,6 +52,7 @@ from .measure import (
     measure_peak_memory,
     measure_throughput,
 )
+from .stats import INTERVAL_METHODS, pack_correct
 
 __all__ = ["CompareSpec", "plan_runs", "run_compare"]
 
@@ -70,9 +77,15 @@ class CompareSpec:
     # {teacher: RUN|MODEL, methods: [NAME | {name, args}], baseline: true}: every model is
     # a student trained with each method and (baseline) without distillation
     distill: dict[str, Any] | None = None
+    # {methods: [NAME | {name, args}], baselines: [random, supervised], probe: {...}}: every
+    # model pretrained by each self-supervised method, all scored by one probe
+    # (see archbench.bench.pretrain_axis)
+    pretrain: dict[str, Any] | None = None
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
+    # the gap intervals: "t" (Student / Welch t) or a bootstrap, "percentile" or "bca"
+    interval: str = "t"
     jobs: int = 1
     out: str = "runs/compare"
 
@@ -87,9 +100,11 @@ class CompareSpec:
         "task": (str, type(None)),
         "task_args": dict,
         "distill": (dict, type(None)),
+        "pretrain": (dict, type(None)),
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
+        "interval": str,
         "jobs": int,
         "out": str,
     }
@@ -124,6 +139,10 @@ class CompareSpec:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.measure_batch < 1:
             raise ValueError(f"measure_batch must be >= 1, got {self.measure_batch}")
+        if self.interval not in INTERVAL_METHODS:
+            raise ValueError(
+                f"interval must be one of {', '.join(INTERVAL_METHODS)}, got {self.interval!r}"
+            )
         unknown_kw = set(self.model_kwargs) - set(self.models)
         if unknown_kw:
             raise ValueError(
@@ -171,9 +190,12 @@ class CompareSpec:
         d = self.to_dict()
         d.pop("jobs")
         d.pop("out")
+        d.pop("interval")  # how the results are judged, not what they are
         d["seeds"] = self.seed_list
         if d["task"] is None and not d["task_args"]:  # the default: same identity as before
             del d["task"], d["task_args"]
+        if d["pretrain"] is None:
+            del d["pretrain"]
         if d["distill"] is None:
             del d["distill"]
         return d
@@ -196,7 +218,13 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Validate the spec and return one configuration per run, plus shared context.
 
     Everything that can fail before training fails here: unknown models (all of them
-    named at once), a bad recipe or data spec, a budget a model cannot be scaled to.
+    named at once), a bad recipe or data spec, a budget no model can be scaled to. A
+    model that alone cannot reach a matched budget becomes a run that fails at once with
+    the reason (status ``budget_unreachable``). The recipe is resolved against the data
+    (batch, flips, warm-up; see ``archbench.train.recipe``). Every model of a params,
+    flops or compute budget is then built again from the arguments its runs will record
+    and counted at the data's own image shape; the comparison is refused when a count is
+    off its target by more than the tolerance.
     """
     from ..data import load_dataset
     from ..train import create_task, load_recipe
@@ -223,15 +251,22 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     data = load_dataset(spec.data, seed=spec.data_seed)
     img_size = _img_size(data)
     shape = dict(img_size=img_size, in_chans=data.in_chans, num_classes=data.num_classes)
+    if budget.kind == "steps":
+        recipe = recipe.replace(total_steps=int(budget.value))
+    recipe = recipe.for_data(data)  # the rules for small data, resolved once for every run
 
     scaled: dict[str, dict[str, Any]] = {}
+    unreachable: dict[str, str] = {}
+    steps_of: dict[str, int] = {}
     target = None
+    if budget.kind == "compute":
+        target, steps_of, unreachable = _compute_budget(spec, budget, recipe, data)
     if budget.kind in ("params", "flops"):
         if budget.value is not None:
             target = budget.value
         else:
             target = measure_budget_quantity(budget.reference, budget.kind, **shape)
-        errors = []
+            _check_reference(budget, target, data, recipe, spec)
         for name in spec.models:
             try:
                 scaled[name] = scale_to_budget(
@@ -243,13 +278,19 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     **shape,
                 ).to_dict()
             except ValueError as err:
-                errors.append(str(err))
-        if errors:
-            raise ValueError("matched budget cannot be met:\n  " + "\n  ".join(errors))
+                unreachable[name] = str(err)
+    if unreachable and len(unreachable) == len(spec.models):
+        raise ValueError("matched budget cannot be met:\n  " + "\n  ".join(unreachable.values()))
 
     recipe_dict = recipe.to_dict()
     runs = []
     entries = _distill_entries(spec, recipe, shape, runs) if spec.distill else [(None, recipe)]
+    if spec.pretrain is not None:
+        from .pretrain_axis import pretrain_entries, probe_settings
+
+        if spec.distill:
+            raise ValueError("a comparison has either a distill or a pretrain axis, not both")
+        entries = pretrain_entries(spec.pretrain, recipe)
     for name in spec.models:
         kwargs = dict(spec.model_kwargs.get(name, {}))
         if name in scaled:
@@ -268,6 +309,11 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 except ValueError as err:
                     raise ValueError(f"student {name} with {method}: {err}") from None
         for method, entry_recipe in entries:
+            if name in steps_of:  # a compute budget: this model's own number of steps
+                entry_recipe = entry_recipe.replace(total_steps=steps_of[name]).for_data(data)
+            check = None
+            if name not in unreachable and budget.kind in ("params", "flops", "compute"):
+                check = _check_budget(name, kwargs, entry_recipe, budget, target, data)
             for seed in spec.seed_list:
                 cfg = {
                     "model": name,
@@ -285,6 +331,12 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 if method is not None:  # a distillation entry: the student with one method
                     cfg["method"] = method
                     cfg["entry"] = f"{name} + {method}"
+                if spec.pretrain is not None:
+                    cfg["probe"] = probe_settings(spec.pretrain)
+                if check is not None:
+                    cfg["budget_check"] = check
+                if name in unreachable:
+                    cfg["budget_error"] = unreachable[name]
                 cfg["key"] = _hash(cfg)
                 runs.append(cfg)
     context = {
@@ -295,6 +347,100 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "scaled": scaled,
     }
     return runs, context
+
+
+def _build_kwargs(
+    model_kwargs: dict[str, Any], img_size: int, data: Any, recipe: Any
+) -> dict[str, Any]:
+    """The arguments a run builds its model with and records in ``model.json``."""
+    return dict(
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        img_size=img_size,
+        drop_rate=recipe.drop_rate,
+        drop_path_rate=recipe.drop_path_rate,
+        **model_kwargs,
+    )
+
+
+def _compute_budget(
+    spec: CompareSpec, budget: Any, recipe: Any, data: Any
+) -> tuple[float, dict[str, int], dict[str, str]]:
+    """Target MACs x images, each model's steps, and the models that cannot meet it.
+
+    A ``match:MODEL`` target is that model (with its ``model_kwargs``) trained for the
+    recipe's length. Each model's count is its forward MACs at the data's image shape.
+    """
+    shape = tuple(data.train.images.shape[1:])
+    batch = recipe.batch_size
+
+    def macs(name: str) -> float:
+        kwargs = _build_kwargs(spec.model_kwargs.get(name, {}), _img_size(data), data, recipe)
+        return count_for_budget(name, kwargs, "flops", shape)
+
+    if budget.value is not None:
+        target = float(budget.value)
+    else:
+        target = macs(budget.reference) * recipe.resolved["total_steps"] * batch
+    steps_of, unreachable = {}, {}
+    for name in spec.models:
+        m = macs(name)
+        steps = steps_for_compute(m, batch, target)
+        achieved = m * steps * batch
+        if abs(achieved / target - 1) > budget.tolerance:
+            unreachable[name] = (
+                f"{name} cannot be trained to {target:.4g} MACs x images within "
+                f"{budget.tolerance:.0%}: one step of {batch} images costs {m * batch:.4g}, "
+                f"so {steps} step(s) give {achieved:.4g} ({100 * (achieved / target - 1):+.1f}%). "
+                "Raise the compute target or the tolerance, or leave it out of this comparison"
+            )
+        else:
+            steps_of[name] = steps
+    return target, steps_of, unreachable
+
+
+def _check_reference(budget: Any, target: float, data: Any, recipe: Any, spec: CompareSpec) -> None:
+    """Count the reference model of a ``match:`` budget again, independently of the scaler."""
+    shape = tuple(int(v) for v in data.train.images.shape[1:])
+    ref = budget.reference
+    kwargs = _build_kwargs(spec.model_kwargs.get(ref, {}), _img_size(data), data, recipe)
+    counted = count_for_budget(ref, kwargs, budget.kind, shape)
+    if abs(counted / target - 1) > 1e-6:
+        raise ValueError(
+            f"budget check failed: the reference {ref} counted again at the data's "
+            f"{shape[1]}x{shape[2]}x{shape[0]} images has {counted:,.0f}, not the target "
+            f"{target:,.0f} the scaler measured; refusing to train"
+        )
+
+
+def _check_budget(
+    name: str,
+    model_kwargs: dict[str, Any],
+    recipe: Any,
+    budget: Any,
+    target: float,
+    data: Any,
+) -> dict[str, Any]:
+    """Count ``name`` again, built from the arguments its runs record, at the data's own
+    image shape, and refuse the comparison when the count is off ``target``."""
+    shape = tuple(int(v) for v in data.train.images.shape[1:])
+    kwargs = _build_kwargs(model_kwargs, _img_size(data), data, recipe)
+    if budget.kind == "compute":
+        per_image = count_for_budget(name, kwargs, "flops", shape)
+        images = recipe.resolved["total_steps"] * recipe.batch_size
+        counted, what = per_image * images, "MACs x images seen"
+    else:
+        counted = count_for_budget(name, kwargs, budget.kind, shape)
+        what = "parameters" if budget.kind == "params" else "MACs per image"
+    rel = counted / target - 1
+    if abs(rel) > budget.tolerance:
+        raise ValueError(
+            f"budget check failed: {name} rebuilt from its recorded arguments {model_kwargs} "
+            f"has {counted:,.0f} {what} at the data's {shape[1]}x{shape[2]}x{shape[0]} images, "
+            f"{100 * rel:+.1f}% off the target {target:,.0f} (tolerance "
+            f"{budget.tolerance:.0%}); refusing to train a comparison whose budget is not met"
+        )
+    return {"kind": budget.kind, "counted": counted, "target": target, "rel_error": rel}
 
 
 DISTILL_KEYS = ("teacher", "methods", "baseline")
@@ -400,16 +546,15 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"key": cfg["key"], "model": cfg["model"], "seed": cfg["seed"]}
     try:
+        if cfg.get("budget_error"):  # planned as a failed run: the budget is out of reach
+            result.update(
+                status="budget_unreachable", error=f"budget not reachable: {cfg['budget_error']}"
+            )
+            (run_dir / "run_result.json").write_text(json.dumps(result, indent=2, default=str))
+            return result
         data = load_dataset(cfg["data"], seed=cfg["data_seed"])
         recipe = Recipe.from_dict({**cfg["recipe"], "seed": cfg["seed"]})
-        kwargs = dict(
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            img_size=cfg["img_size"],
-            drop_rate=recipe.drop_rate,
-            drop_path_rate=recipe.drop_path_rate,
-            **cfg["model_kwargs"],
-        )
+        kwargs = _build_kwargs(cfg["model_kwargs"], cfg["img_size"], data, recipe)
         # the same record `archbench train` writes, so eval / explain can rebuild the model
         info = {
             "model": cfg["model"],
@@ -421,6 +566,13 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
         torch.manual_seed(cfg["seed"])
         model = create_model(cfg["model"], **kwargs)
         t0 = time.perf_counter()
+        if cfg.get("probe"):  # the pretrain axis: train (or not), then probe the encoder
+            from .pretrain_axis import run_pretrain_entry
+
+            result.update(run_pretrain_entry(cfg, model, data, recipe, run_dir))
+            result.setdefault("wall_time_s", time.perf_counter() - t0)
+            (run_dir / "run_result.json").write_text(json.dumps(result, indent=2, default=str))
+            return result
         fitted = fit(model, data, recipe, run_dir, resume=True, max_seconds=cfg["max_seconds"])
         result.update(
             status=fitted.status,
@@ -437,12 +589,16 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
             result["error"] = str(fitted.error)
         if fitted.status in ("completed", "stopped_time") and fitted.best_checkpoint:
             load_checkpoint(fitted.best_checkpoint, model)  # chosen on validation
-            test = evaluate(model, data.test if data.test is not None else data.val)
+            test = evaluate(
+                model, data.test if data.test is not None else data.val, per_sample=True
+            )
             result.update(
                 test_top1=test["top1"],
                 test_top5=test["top5"],
                 test_loss=test["loss"],
                 test_n=test["n"],
+                # per-image top-1 (packed bits, base64): the test set's sampling noise
+                test_correct=pack_correct(test["correct"].numpy()),
                 test_split="test" if data.test is not None else "val (no test split)",
                 budget_stop=fitted.status,
                 status="completed",
@@ -580,6 +736,8 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         f"{len(runs) - len(todo)} already complete, {len(todo)} to run with {spec.jobs} job(s)"
     )
 
+    phases: dict[str, float] = {"setup_s": time.perf_counter() - t_start}
+    t_phase = time.perf_counter()
     cores = os.cpu_count() or 1
     jobs = max(1, min(spec.jobs, len(todo) or 1, cores))
     threads = max(1, cores // jobs)
@@ -611,7 +769,10 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
                         }
                     _log_result(log, trained[cfg["key"]])
 
+    phases["training_s"] = time.perf_counter() - t_phase
+    t_phase = time.perf_counter()
     env = environment()
+    measured: dict[str, dict[str, Any]] = {}  # one measurement per architecture, not per seed
     for cfg in todo:
         res = trained[cfg["key"]]
         record = {
@@ -629,7 +790,10 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             **{k: v for k, v in res.items() if k not in ("key", "model", "seed")},
         }
         if res.get("status") == "completed":
-            record.update(_measured(cfg, out, cores))
+            arch = _hash([cfg[k] for k in ("model", "model_kwargs", "img_size", "data")])
+            if arch not in measured:
+                measured[arch] = _measured(cfg, out, cores)
+            record.update(measured[arch])
         record["environment"] = env
         record["reproduce"] = _reproduce_command(cfg, out)
         _append(results_path, record)
@@ -642,14 +806,16 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
                 log(f"  measuring {r['model']} seed {r['seed']} again")
                 r.update(_measured(by_key[r["key"]], out, cores))
         _rewrite(results_path, records)
-    rows = aggregate(records)
+    phases["measurement_s"] = time.perf_counter() - t_phase
+    t_phase = time.perf_counter()
+    rows = aggregate(records, method=spec.interval)
     conditions = (
         f"Data `{spec.data}`, recipe `{spec.recipe}`, budget `{json.dumps(context['budget'])}`, seeds {spec.seed_list}. "
         f"Measured on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}; latency at batch 1 and "
         f"throughput / peak memory at batch {spec.measure_batch}, eval mode, one run at a time after training."
     )
     board = "# Leaderboard\n\n" + leaderboard_markdown(rows, conditions)
-    gains = distill_gains(records) if spec.distill else []
+    gains = distill_gains(records, method=spec.interval) if spec.distill else []
     extra = []
     if gains:
         gains_md = distill_gains_markdown(gains)
@@ -657,12 +823,16 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         extra.append(("Gain over no distillation", _markdown_table_html(gains_md)))
     (out / "leaderboard.md").write_text(board)
     if spec.explain:
+        t_explain = time.perf_counter()
         extra += _explain_sections(spec, runs, records, out)
+        phases["explain_s"] = time.perf_counter() - t_explain
     from .report import write_report
 
     report = write_report(out, spec.to_dict(), rows, records, env, extra_sections=extra)
     elapsed = time.perf_counter() - t_start
+    phases["report_s"] = time.perf_counter() - t_phase - phases.get("explain_s", 0.0)
     return {
+        "phases": phases,
         "rows": rows,
         "gains": gains,
         "leaderboard": leaderboard_text(rows)
@@ -707,6 +877,8 @@ def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
     ]
     if cfg["max_seconds"]:
         parts.append(f"--max-seconds {cfg['max_seconds']}")
+    if cfg["budget"]["kind"] == "compute":  # each model's own length: not in the shared recipe
+        parts.append(f"--set total_steps={cfg['recipe']['total_steps']}")
     if cfg["model_kwargs"]:
         args = " ".join(
             f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in cfg["model_kwargs"].items()

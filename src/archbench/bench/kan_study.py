@@ -19,7 +19,7 @@ This is an estimate of our vectorised layer, not of the per-edge evaluation in t
 original KAN code.
 
 :func:`compare_verdicts` turns two result rows into "KAN wins / loses / within noise"
-with the leaderboard's rule (difference inside two standard errors is noise).
+with Welch's t test over seeds at the 5% level (:func:`archbench.bench.leaderboard.within_noise`).
 """
 
 from __future__ import annotations

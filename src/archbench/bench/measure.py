@@ -5,18 +5,25 @@ warm-up and repeat counts, device), and :func:`environment` records the machine.
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``, which counts the
 matrix-multiply, convolution and attention operators (2 FLOPs per multiply-add);
 element-wise work is not counted, so MACs = FLOPs / 2 are the usual "GMACs" figure.
+
+Timings are taken in blocks of repeats. A block is accepted when it is stable: its
+slowest repeat is at most ``STABLE_RATIO`` (1.25) times its fastest. An unstable block
+(another process took the cores for a while) is measured again, a few times; when no
+block is stable the figure is still given, from the least unstable block, and flagged
+``unstable``. Every timing carries its spread and the machine's load average.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,15 +32,20 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
+    "STABLE_RATIO",
     "LatencyResult",
     "ThroughputResult",
+    "TimedBlocks",
+    "block_ratio",
     "count_flops",
     "count_params",
     "environment",
+    "load_average",
     "measure_latency",
     "measure_model",
     "measure_peak_memory",
     "measure_throughput",
+    "timed_blocks",
 ]
 
 
@@ -122,8 +134,23 @@ def count_flops(
     return {"flops": float(flops), "macs": flops / 2.0, "batch": batch, "input_shape": list(shape)}
 
 
+# A block of repeated measurements is accepted when its slowest repeat is at most this
+# many times its fastest; otherwise it is measured again, up to ``max_blocks`` blocks.
+STABLE_RATIO = 1.25
+
+
 @dataclass
 class LatencyResult:
+    """Latency of one forward pass at ``batch``, from the accepted block of repeats.
+
+    ``median_ms`` is the figure; ``min_ms``, ``max_ms``, ``q1_ms`` / ``q3_ms`` (the IQR)
+    and ``p90_ms`` are the block's spread. Each repeat times ``number`` consecutive passes
+    and divides by ``number``. ``blocks`` blocks were measured; ``ratio`` is the accepted
+    block's max/min; ``unstable`` is true when no block met ``ratio <= max_ratio`` (the
+    block with the smallest ratio is then reported). ``load_avg`` is the 1, 5 and 15 minute
+    load average (``os.getloadavg``) when the reported block ended.
+    """
+
     median_ms: float
     p90_ms: float
     min_ms: float
@@ -132,6 +159,15 @@ class LatencyResult:
     repeats: int
     device: str
     threads: int
+    max_ms: float = 0.0
+    q1_ms: float = 0.0
+    q3_ms: float = 0.0
+    number: int = 1
+    blocks: int = 1
+    ratio: float = 1.0
+    max_ratio: float = STABLE_RATIO
+    unstable: bool = False
+    load_avg: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,12 +175,32 @@ class LatencyResult:
 
 @dataclass
 class ThroughputResult:
+    """Images per second of eval-mode forward passes at ``batch``, from the accepted block.
+
+    Each of the block's ``repeats`` measurements times ``number`` batches;
+    ``images_per_s`` comes from the block's median, ``min_images_per_s`` /
+    ``max_images_per_s`` and the quartiles ``q1_images_per_s`` / ``q3_images_per_s`` are
+    its spread. ``seconds`` and ``iterations`` are the accepted block's timed seconds and
+    batches. ``blocks``, ``ratio``, ``unstable`` and ``load_avg`` as in :class:`LatencyResult`.
+    """
+
     images_per_s: float
     batch: int
     seconds: float
     iterations: int
     device: str
     threads: int
+    min_images_per_s: float = 0.0
+    max_images_per_s: float = 0.0
+    q1_images_per_s: float = 0.0
+    q3_images_per_s: float = 0.0
+    repeats: int = 1
+    number: int = 1
+    blocks: int = 1
+    ratio: float = 1.0
+    max_ratio: float = STABLE_RATIO
+    unstable: bool = False
+    load_avg: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +235,100 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@dataclass
+class TimedBlocks:
+    """Seconds per call of each repeat of the reported block, and how it was chosen."""
+
+    times: list[float]
+    number: int
+    blocks: int
+    ratio: float
+    unstable: bool
+    load_avg: list[float] | None
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load average, or None where the platform has none."""
+    try:
+        return [round(float(v), 3) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def block_ratio(times: list[float]) -> float:
+    """max / min of a block's repeats (inf when the fastest took no time)."""
+    lo, hi = min(times), max(times)
+    return hi / lo if lo > 0 else math.inf
+
+
+def timed_blocks(
+    call: Callable[[], Any],
+    repeats: int,
+    number: int,
+    *,
+    max_blocks: int = 4,
+    max_ratio: float = STABLE_RATIO,
+    timer: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
+) -> TimedBlocks:
+    """Time blocks of ``repeats`` repeats of ``number`` calls each until one is stable.
+
+    A block is accepted when ``max <= max_ratio * min`` over its repeats. Otherwise
+    another block is measured, up to ``max_blocks``; if none is stable, the block with the
+    smallest ratio is returned with ``unstable=True``. ``timer`` (seconds) and ``sync``
+    (waits for the device) are parameters so that the rule can be checked with a fake clock.
+    """
+    if repeats < 2:
+        raise ValueError(f"a block needs at least 2 repeats to judge its spread, got {repeats}")
+    if number < 1 or max_blocks < 1:
+        raise ValueError(f"number and max_blocks must be >= 1, got {number} and {max_blocks}")
+    if not max_ratio >= 1.0:
+        raise ValueError(f"max_ratio must be >= 1 (max <= max_ratio x min), got {max_ratio}")
+    best: tuple[float, list[float], list[float] | None] | None = None
+    for block in range(1, max_blocks + 1):
+        times = []
+        for _ in range(repeats):
+            t0 = timer()
+            for _ in range(number):
+                call()
+            sync()
+            times.append((timer() - t0) / number)
+        ratio = block_ratio(times)
+        load = load_average()
+        if best is None or ratio < best[0]:
+            best = (ratio, times, load)
+        if ratio <= max_ratio:
+            return TimedBlocks(times, number, block, ratio, False, load)
+    ratio, times, load = best
+    return TimedBlocks(times, number, max_blocks, ratio, True, load)
+
+
+def _calibrate(
+    call: Callable[[], Any],
+    min_seconds: float,
+    cap: int,
+    timer: Callable[[], float],
+    sync: Callable[[], None],
+) -> int:
+    """How many consecutive calls make one repeat last at least ``min_seconds`` (<= cap)."""
+    if min_seconds <= 0:
+        return 1
+    t0 = timer()
+    call()
+    sync()
+    one = timer() - t0
+    if one <= 0:
+        return cap
+    return int(min(cap, max(1, math.ceil(min_seconds / one))))
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 @torch.no_grad()
 def measure_latency(
     model: nn.Module,
@@ -186,34 +336,67 @@ def measure_latency(
     batch: int = 1,
     warmup: int = 5,
     repeats: int = 20,
+    *,
+    number: int | None = None,
+    min_repeat_seconds: float = 0.005,
+    max_blocks: int = 4,
+    max_ratio: float = STABLE_RATIO,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> LatencyResult:
-    """Median wall-clock time of one eval-mode forward pass after ``warmup`` passes."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    """Latency of one eval-mode forward pass after ``warmup`` passes, in repeated blocks.
+
+    Each repeat times ``number`` consecutive passes (by default as many as make a repeat
+    last ``min_repeat_seconds``, so that timer resolution does not dominate small models)
+    and divides by ``number``. A block of ``repeats`` repeats is accepted when its max is
+    at most ``max_ratio`` x its min (see :func:`timed_blocks`); the median of the accepted
+    block is the figure, and the result carries its spread, the block count, whether it
+    is ``unstable`` and the load average.
+    """
+    if repeats < 2 or warmup < 0:
+        raise ValueError(f"repeats must be >= 2 and warmup >= 0, got {repeats} and {warmup}")
     device = _model_device(model)
     was_training = model.training
     model.eval()
     x = torch.randn(_input_shape(model, img_size, batch), device=device)
-    for _ in range(warmup):
-        model(x)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
+    try:
+        for _ in range(warmup):
+            model(x)
         _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was_training)
-    times.sort()
+        sync = lambda: _sync(device)  # noqa: E731
+        call = lambda: model(x)  # noqa: E731
+        if number is None:
+            number = _calibrate(call, min_repeat_seconds, 100, timer, sync)
+        timed = timed_blocks(
+            call,
+            repeats,
+            number,
+            max_blocks=max_blocks,
+            max_ratio=max_ratio,
+            timer=timer,
+            sync=sync,
+        )
+    finally:
+        model.train(was_training)
+    ms = sorted(t * 1e3 for t in timed.times)
+    q1, median, q3 = _quartiles(ms)
     return LatencyResult(
-        median_ms=statistics.median(times),
-        p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
-        min_ms=times[0],
+        median_ms=median,
+        p90_ms=ms[min(len(ms) - 1, int(0.9 * len(ms)))],
+        min_ms=ms[0],
         batch=batch,
         warmup=warmup,
         repeats=repeats,
         device=str(device),
         threads=torch.get_num_threads(),
+        max_ms=ms[-1],
+        q1_ms=q1,
+        q3_ms=q3,
+        number=timed.number,
+        blocks=timed.blocks,
+        ratio=timed.ratio,
+        max_ratio=max_ratio,
+        unstable=timed.unstable,
+        load_avg=timed.load_avg,
     )
 
 
@@ -225,32 +408,65 @@ def measure_throughput(
     warmup: int = 2,
     min_seconds: float = 1.0,
     max_iterations: int = 200,
+    *,
+    repeats: int = 5,
+    number: int | None = None,
+    max_blocks: int = 4,
+    max_ratio: float = STABLE_RATIO,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> ThroughputResult:
-    """Images per second of eval-mode forward passes at ``batch``, after warm-up."""
+    """Images per second of eval-mode forward passes at ``batch``, after warm-up, in blocks.
+
+    A block is ``repeats`` measurements of ``number`` batches each (by default as many as
+    make the block last about ``min_seconds``, at most ``max_iterations`` batches per
+    block); it is accepted when stable as in :func:`timed_blocks`.
+    """
+    if repeats < 2 or warmup < 0:
+        raise ValueError(f"repeats must be >= 2 and warmup >= 0, got {repeats} and {warmup}")
     device = _model_device(model)
     was_training = model.training
     model.eval()
     x = torch.randn(_input_shape(model, img_size, batch), device=device)
-    for _ in range(warmup):
-        model(x)
-    _sync(device)
-    iterations = 0
-    t0 = time.perf_counter()
-    while True:
-        model(x)
-        iterations += 1
+    try:
+        for _ in range(warmup):
+            model(x)
         _sync(device)
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds or iterations >= max_iterations:
-            break
-    model.train(was_training)
+        sync = lambda: _sync(device)  # noqa: E731
+        call = lambda: model(x)  # noqa: E731
+        if number is None:
+            cap = max(1, max_iterations // repeats)
+            number = _calibrate(call, min_seconds / repeats, cap, timer, sync)
+        timed = timed_blocks(
+            call,
+            repeats,
+            number,
+            max_blocks=max_blocks,
+            max_ratio=max_ratio,
+            timer=timer,
+            sync=sync,
+        )
+    finally:
+        model.train(was_training)
+    rates = sorted(batch / t if t > 0 else math.inf for t in timed.times)
+    q1, median, q3 = _quartiles(rates)
     return ThroughputResult(
-        images_per_s=batch * iterations / elapsed,
+        images_per_s=median,
         batch=batch,
-        seconds=elapsed,
-        iterations=iterations,
+        seconds=sum(timed.times) * timed.number,
+        iterations=repeats * timed.number,
         device=str(device),
         threads=torch.get_num_threads(),
+        min_images_per_s=rates[0],
+        max_images_per_s=rates[-1],
+        q1_images_per_s=q1,
+        q3_images_per_s=q3,
+        repeats=repeats,
+        number=timed.number,
+        blocks=timed.blocks,
+        ratio=timed.ratio,
+        max_ratio=max_ratio,
+        unstable=timed.unstable,
+        load_avg=timed.load_avg,
     )
 
 

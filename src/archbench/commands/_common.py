@@ -227,5 +227,6 @@ def compare_summary(result: dict[str, Any]) -> dict[str, Any]:
         "report": str(result["report"]),
         "results": str(result["out"] / "results.jsonl"),
         "elapsed_s": result["elapsed_s"],
+        "phases": result.get("phases", {}),
         "rows": result["rows"],
     }

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="recipe name or YAML/JSON file (default cpu-fast)")
     p.add_argument(
         "--budget",
-        help="epochs[=N] | time=SECONDS | params=N|match:MODEL | flops=N|match:MODEL (default: the recipe's epochs)",
+        help="epochs[=N] | time=SECONDS | steps=N | params=N|match:MODEL | flops=N|match:MODEL | "
+        "compute=MACS_X_IMAGES|match:MODEL (default: the recipe's epochs; see docs/budgets.md)",
     )
     p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
     p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1), default 1")

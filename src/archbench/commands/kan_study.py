@@ -234,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
     summary = [
         "# KAN vs MLP: the fair study\n",
         f"Command: `{command}` ({elapsed / 60:.1f} min wall-clock). A difference is called a "
-        "win or a loss only when it is larger than two standard errors of the difference "
-        "over seeds (the leaderboard's rule); otherwise it is within noise.\n",
+        "win or a loss only when Welch's t test over seeds rejects equal means at the 5% "
+        "level; otherwise it is within noise.\n",
         "## Where KANs win\n",
         *(f"- {w}" for w in wins or ["nowhere outside noise"]),
         "",

@@ -77,7 +77,8 @@ class DataBundle:
     """Train / validation / test splits of one dataset plus what a model needs to know.
 
     Validation is what checkpoints and hyper-parameters are chosen on; test is for the
-    one reported number.
+    one reported number. ``mirror_invariant``: whether a horizontally flipped image keeps
+    its class (recipes flip only such data; see ``archbench.train.recipe``).
     """
 
     name: str
@@ -92,6 +93,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    mirror_invariant: bool = True
 
     def __post_init__(self) -> None:
         for split in (self.train, self.val, self.test):
@@ -122,6 +124,7 @@ class DataBundle:
             "mean": [round(m, 5) for m in self.mean],
             "std": [round(s, 5) for s in self.std],
             "train_class_counts": self.train.class_counts(self.num_classes),
+            "mirror_invariant": self.mirror_invariant,
         }
         d.update(self.info)
         return d

@@ -60,8 +60,11 @@ def _bundle(
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     info: dict[str, Any] | None = None,
+    mirror_invariant: bool | None = None,
 ) -> DataBundle:
-    """Resize, convert channels, split what has no split, and measure mean/std."""
+    """Resize, convert channels, split what has no split, and measure mean/std.
+
+    ``mirror_invariant``: None takes the spec's ``flip`` option (default off)."""
     size = o["img_size"] or images.shape[-1]
 
     def prep(x: torch.Tensor) -> torch.Tensor:
@@ -103,15 +106,18 @@ def _bundle(
         mean=mean,
         std=std,
         info={"options": o, **split_info, **(info or {})},
+        mirror_invariant=bool(o.get("flip")) if mirror_invariant is None else mirror_invariant,
     )
 
 
 # --------------------------------------------------------------------------- digits
 def load_digits(spec: str, options: str, seed: int) -> DataBundle:
-    """scikit-learn's 1797 8x8 handwritten digits (values 0..16), upsampled to img_size."""
+    """scikit-learn's 1797 8x8 handwritten digits (values 0..16), upsampled to img_size.
+
+    Digits are not mirror-invariant: recipes do not flip them unless ``flip=1``."""
     from sklearn.datasets import load_digits as sk_digits
 
-    o = parse_options("digits", options, dict(img_size=32, channels=1, **_SPLIT))
+    o = parse_options("digits", options, dict(img_size=32, channels=1, flip=False, **_SPLIT))
     d = sk_digits()
     x = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
@@ -197,9 +203,13 @@ def load_folder(spec: str, options: str, seed: int) -> DataBundle:
     Grayscale, palette and RGBA images are converted (alpha composited on black);
     unreadable files (corrupt, truncated, zero-byte, not an image) are skipped and
     counted in ``describe()['skipped_files']``, or fail the load with ``strict=1``.
+    Horizontal flips are not assumed to keep the class: ``flip=1`` declares that they do.
     """
     o = parse_options(
-        "folder", options, dict(path="", img_size=32, channels=3, strict=False, **_SPLIT), "path"
+        "folder",
+        options,
+        dict(path="", img_size=32, channels=3, strict=False, flip=False, **_SPLIT),
+        "path",
     )
     root = _path("folder", o)
     if not root.is_dir():
@@ -309,7 +319,15 @@ def load_cifar(spec: str, options: str, seed: int, variant: str = "cifar10") -> 
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in m[key]]
     o["test_frac"] = 0.0
     return _bundle(
-        variant, spec, x, y, names, o, seed, test=(torch.from_numpy(tx), torch.tensor(ty))
+        variant,
+        spec,
+        x,
+        y,
+        names,
+        o,
+        seed,
+        test=(torch.from_numpy(tx), torch.tensor(ty)),
+        mirror_invariant=True,  # natural photographs: a mirrored car is still a car
     )
 
 
@@ -337,9 +355,11 @@ def load_npz(spec: str, options: str, seed: int) -> DataBundle:
     """Arrays ``x``/``y`` (or ``images``/``labels``), optionally ``x_val``/``x_test`` ...
 
     Images may be uint8 (0..255) or float (0..1); NHWC, NCHW or NHW. Loaded with
-    ``allow_pickle=False``.
+    ``allow_pickle=False``. Flips are not assumed to keep the class unless ``flip=1``.
     """
-    o = parse_options("npz", options, dict(path="", img_size=0, channels=0, **_SPLIT), "path")
+    o = parse_options(
+        "npz", options, dict(path="", img_size=0, channels=0, flip=False, **_SPLIT), "path"
+    )
     p = _path("npz", o)
     try:
         z = np.load(p, allow_pickle=False)

@@ -3,15 +3,25 @@
 Methods (one call, ``explain(model, images, targets=None, method="gradcam", layer=None)``):
 
 - ``gradcam``   Grad-CAM (Selvaraju et al.): channel weights = spatial mean of gradients.
-- ``gradcam++`` Grad-CAM++ (Chattopadhay et al.): weights from positive gradients with
-  the closed-form higher-order coefficients alpha (exponential score assumption).
+- ``gradcam++`` Grad-CAM++ (Chattopadhay et al.): w_k = sum_ij alpha_ij relu(g_ij) with the
+  paper's closed form alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3) (exponential
+  score assumption), without a stabilising epsilon: pytorch-grad-cam adds 1e-6 to the
+  denominator, which shrinks alpha wherever |g| is not well above 1e-3 (the usual size of
+  gradients at a network's last layers) and is what makes it differ from the paper.
+  alpha is 0 where the denominator is not positive: with g > 0 (the only places relu(g)
+  keeps) it is positive whenever the activations are non-negative, as the derivation
+  assumes; for layers with negative activations (LayerNorm outputs, tokens) it can
+  vanish or change sign, where the closed form does not hold.
 - ``xgradcam``  XGrad-CAM (Fu et al.): weights = sum(A * G) / sum(A) per channel.
 - ``hirescam``  HiResCAM (Draelos & Carin): element-wise gradient x activation, summed
   over channels; equals CAM exactly on a GAP + linear head.
 - ``layercam``  Layer-CAM (Jiang et al.): relu(gradient) x activation, summed over channels.
 - ``eigencam``  Eigen-CAM (Muhammad & Yeasin): projection of the activations on their
-  first principal direction (SVD of the positions x channels matrix, not centred), sign
-  chosen so that the map's sum is positive. Gradient-free, class-agnostic.
+  first principal component (SVD of the positions x channels matrix after subtracting
+  each channel's mean over positions, as pytorch-grad-cam does; without centring the
+  first singular vector is the mean direction). The SVD's sign is arbitrary: it is
+  chosen so that the map correlates positively with the activations' norm per position.
+  Gradient-free, class-agnostic.
 - ``scorecam``  Score-CAM (Wang et al.): each upsampled, [0, 1]-normalised activation map
   masks the input; the target's softmax scores on the masked inputs, softmax-normalised
   across channels, weight the maps.
@@ -33,7 +43,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GRADIENT_METHODS", "METHODS", "explain", "resolve_layer"]
+__all__ = [
+    "GRADIENT_METHODS",
+    "METHODS",
+    "eigen_projection",
+    "explain",
+    "gradcampp_alpha",
+    "resolve_layer",
+]
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 METHODS = GRADIENT_METHODS + ("eigencam", "scorecam", "ablationcam")
@@ -112,11 +129,17 @@ def _weights_gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (g.mean((2, 3), keepdim=True) * a).sum(1)
 
 
+def gradcampp_alpha(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++'s alpha (Eq. 19): g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where that
+    denominator is not positive (including g = 0). No epsilon is added."""
+    g2 = g.pow(2)
+    denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g2 * g
+    ok = denom > 0
+    return torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+
+
 def _weights_gradcampp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    g2, g3 = g.pow(2), g.pow(3)
-    denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
-    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
-    w = (alpha * F.relu(g)).sum((2, 3), keepdim=True)
+    w = (gradcampp_alpha(a, g) * F.relu(g)).sum((2, 3), keepdim=True)
     return (w * a).sum(1)
 
 
@@ -143,13 +166,20 @@ _GRAD_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def eigen_projection(a: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w): projection on the first right singular vector, sign fixed."""
+    """(B, C, h, w) -> (B, h, w): the first principal component score of every position.
+
+    The positions x channels matrix is centred (each channel's mean over positions
+    removed) and projected on its first right singular vector; the sign makes the map
+    correlate positively with the activations' L2 norm per position.
+    """
     b, c, h, w = a.shape
     m = a.reshape(b, c, h * w).transpose(1, 2).float()  # B x positions x channels
+    m = m - m.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(m, full_matrices=False)
-    proj = m @ vh[:, 0, :].unsqueeze(-1)  # B x positions x 1
-    proj = proj.squeeze(-1)
-    sign = torch.where(proj.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    proj = (m @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # B x positions
+    energy = a.reshape(b, c, h * w).float().norm(dim=1)
+    energy = energy - energy.mean(1, keepdim=True)
+    sign = torch.where((proj * energy).sum(1, keepdim=True) < 0, -1.0, 1.0)
     return (proj * sign).view(b, h, w)
 
 

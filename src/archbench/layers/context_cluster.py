@@ -8,8 +8,8 @@ beta)``); each cluster aggregates ``(v_centre + sum_i s_i v_i) / (1 + sum_i s_i)
 dispatches the result back to its members scaled by their similarity; a 1x1 conv
 projects the heads back to ``dim``. NCHW in and out.
 
-The denominator follows the paper's Eq. 1 (sum of similarities); the official code uses
-the number of members instead, which its authors note as a known discrepancy.
+The aggregation divides by one plus the sum of the members' similarities, as both the
+paper's Eq. 1 and the official code do (not by the number of members).
 """
 
 from __future__ import annotations

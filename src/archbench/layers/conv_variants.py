@@ -32,6 +32,8 @@ __all__ = [
     "WSConv2d",
     "create_block_norm",
     "create_conv",
+    "rotate_kernels",
+    "rotation_matrix",
     "space_to_depth",
 ]
 
@@ -66,17 +68,26 @@ class BatchChannelNorm(nn.Module):
 
     The batch step carries the dataset-level statistics that pure channel normalization
     lacks; the group step keeps each sample's channels well conditioned (the paper pairs
-    it with weight standardization). The paper estimates batch statistics for micro-
+    it with weight standardization). As in the official release, the batch step is an
+    affine BatchNorm (a scale and shift per channel) and the group step normalizes each
+    sample's groups and applies a learnable scale and shift per group (``weight`` and
+    ``bias`` of length ``groups``). The paper estimates batch statistics for micro-
     batches; here the batch step is standard BatchNorm with running statistics.
     """
 
     def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=False)
-        self.gn = nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
+        self.groups = math.gcd(groups, channels)
+        self.eps = eps
+        self.bn = nn.BatchNorm2d(channels, eps=eps)
+        self.weight = nn.Parameter(torch.ones(self.groups))
+        self.bias = nn.Parameter(torch.zeros(self.groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gn(self.bn(x))
+        b, c = x.shape[:2]
+        y = F.group_norm(self.bn(x), self.groups, eps=self.eps).view(b, self.groups, -1)
+        y = y * self.weight[:, None] + self.bias[:, None]
+        return y.view_as(x)
 
 
 class IBNorm(nn.Module):
@@ -188,37 +199,72 @@ class CondConv2d(_PerExampleConv):
         return self._conv_per_example(x, weight, bias)
 
 
-def rotate_kernels(weight: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Rotate k x k kernels by angles ``theta`` (radians) with bilinear interpolation.
+# The eight outer taps of a 3x3 kernel in clockwise order (row-major indices), which the
+# rotation moves along; the centre tap (index 4) stays in place.
+_RING = (0, 1, 2, 5, 8, 7, 6, 3)
 
-    weight: (N, O, I, k, k); theta: (B, N). Returns (B, N, O, I, k, k). A zero angle
-    returns the kernel unchanged.
+
+def rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """The ARC interpolation matrix of a 3x3 kernel rotated by ``theta`` (radians).
+
+    ``theta``: any shape ``S``; returns ``S x 9 x 9`` matrices ``M`` such that the rotated
+    kernel, flattened row-major, is ``M @ w.flatten()``. Every tap moves along the ring of
+    outer taps in the direction of the sign of ``theta`` (clockwise for positive angles in
+    row-down image coordinates). With ``c = cos(theta)`` and ``s = |sin(theta)|``, an edge
+    tap is bilinearly interpolated from itself ``c(1-s)``, the next ring tap ``cs``, the tap
+    after it ``s(1-c)`` and the centre ``(1-c)(1-s)``; a corner tap from itself ``c-s`` and
+    the next ring tap ``1-(c-s)``, so corner taps are kept instead of falling outside the
+    sampling grid. Each row sums to one: an all-ones kernel keeps its sum. Valid for
+    ``|theta| <= pi/4``, the range the routing produces.
     """
-    b, n = theta.shape
-    _, o, i, kh, kw = weight.shape
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    zeros = torch.zeros_like(cos)
-    affine = torch.stack(
-        [torch.stack([cos, -sin, zeros], -1), torch.stack([sin, cos, zeros], -1)], -2
-    )
-    affine = affine.reshape(b * n, 2, 3)
-    grid = F.affine_grid(affine, [b * n, 1, kh, kw], align_corners=True)
-    src = (
-        weight.reshape(1, n, o * i, kh, kw)
-        .expand(b, n, o * i, kh, kw)
-        .reshape(b * n, o * i, kh, kw)
-    )
-    rotated = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return rotated.view(b, n, o, i, kh, kw)
+    c = torch.cos(theta)
+    s = torch.sin(theta).abs()
+    step = torch.where(theta >= 0, 1, -1)
+    m = theta.new_zeros(*theta.shape, 9, 9)
+    m[..., 4, 4] = 1.0
+    for k, tap in enumerate(_RING):
+        nxt = torch.tensor([_RING[(k + 1) % 8], _RING[(k - 1) % 8]], device=theta.device)
+        nxt2 = torch.tensor([_RING[(k + 2) % 8], _RING[(k - 2) % 8]], device=theta.device)
+        pick = (step < 0).long()
+        one_hot_next = F.one_hot(nxt[pick], 9).to(theta.dtype)
+        if k % 2 == 0:  # corner
+            m[..., tap, tap] = c - s
+            m[..., tap, :] += (1 - (c - s)).unsqueeze(-1) * one_hot_next
+        else:  # edge
+            one_hot_next2 = F.one_hot(nxt2[pick], 9).to(theta.dtype)
+            m[..., tap, tap] = c * (1 - s)
+            m[..., tap, 4] = (1 - c) * (1 - s)
+            m[..., tap, :] += (c * s).unsqueeze(-1) * one_hot_next
+            m[..., tap, :] += (s * (1 - c)).unsqueeze(-1) * one_hot_next2
+    return m
+
+
+def rotate_kernels(weight: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Rotate 3x3 kernels by angles ``theta`` (radians) with ARC's interpolation matrix.
+
+    weight: (N, O, I, 3, 3); theta: (B, N). Returns (B, N, O, I, 3, 3). A zero angle
+    returns the kernel unchanged; see ``rotation_matrix``.
+    """
+    if weight.shape[-2:] != (3, 3):
+        raise ValueError(f"rotate_kernels needs 3x3 kernels, got {tuple(weight.shape[-2:])}")
+    n, o, i = weight.shape[:3]
+    mat = rotation_matrix(theta)  # B x N x 9 x 9
+    flat = weight.reshape(n, o * i, 9)
+    rotated = torch.einsum("bnpq,nmq->bnmp", mat, flat)
+    return rotated.reshape(theta.shape[0], n, o, i, 3, 3)
 
 
 class AdaptiveRotatedConv2d(_PerExampleConv):
-    """Adaptive rotated convolution (Pu et al., 2023).
+    """Adaptive rotated convolution (Pu et al., *Adaptive Rotated Convolution for Rotated
+    Object Detection*, ICCV 2023), following the official release.
 
-    A routing branch (depthwise 3x3 conv, LayerNorm, ReLU, global pool) predicts, per
-    example, ``num_kernels`` rotation angles (pi * tanh) and combination weights
-    (sigmoid); each kernel is rotated by its angle and the rotated kernels are summed
-    with those weights into one kernel per example.
+    Routing: depthwise 3x3 conv, LayerNorm over channels at every position, ReLU, global
+    average pool; then, each behind its own dropout (``dropout``, 0.2 in the release), one
+    linear layer gives ``num_kernels`` combination weights (sigmoid) and another, without
+    bias, ``num_kernels`` angles ``softsign(.) * max_angle`` (40 degrees in the release).
+    Each 3x3 kernel is rotated by its angle (``rotation_matrix``) and the rotated kernels
+    are summed with their weights into one kernel per example. The release defines the
+    rotation for 3x3 kernels only, so other sizes are refused.
     """
 
     def __init__(
@@ -232,32 +278,47 @@ class AdaptiveRotatedConv2d(_PerExampleConv):
         groups: int = 1,
         bias: bool = False,
         num_kernels: int = 4,
+        dropout: float = 0.2,
+        max_angle: float = 40.0,
     ) -> None:
         super().__init__()
         if in_chans % groups or out_chans % groups:
             raise ValueError(
                 f"AdaptiveRotatedConv2d: channels must be divisible by groups {groups}"
             )
+        if kernel_size != 3:
+            raise ValueError(
+                f"AdaptiveRotatedConv2d rotates 3x3 kernels only, got kernel_size={kernel_size}; "
+                "use conv_layer='conv' for other sizes"
+            )
+        if not 0.0 < max_angle <= 45.0:
+            raise ValueError(f"max_angle must be in (0, 45] degrees, got {max_angle}")
         self.stride, self.dilation, self.groups = stride, dilation, groups
         self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
         self.num_kernels = num_kernels
+        self.max_angle = math.radians(max_angle)
         self.route_dw = nn.Conv2d(in_chans, in_chans, 3, padding=1, groups=in_chans, bias=False)
         self.route_norm = nn.LayerNorm(in_chans)
-        self.to_angle = nn.Linear(in_chans, num_kernels)
+        self.drop_weight = nn.Dropout(dropout)
         self.to_weight = nn.Linear(in_chans, num_kernels)
-        nn.init.zeros_(self.to_angle.weight)  # start unrotated
-        nn.init.zeros_(self.to_angle.bias)
+        self.drop_angle = nn.Dropout(dropout)
+        self.to_angle = nn.Linear(in_chans, num_kernels, bias=False)
+        for lin in (self.route_dw, self.to_weight, self.to_angle):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
         self.weight = nn.Parameter(
             torch.empty(num_kernels, out_chans, in_chans // groups, kernel_size, kernel_size)
         )
         for k in range(num_kernels):
-            nn.init.kaiming_uniform_(self.weight[k], a=math.sqrt(5))
+            nn.init.kaiming_normal_(self.weight[k], mode="fan_out", nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_chans)) if bias else None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.route_dw(x).mean((2, 3))
-        z = F.relu(self.route_norm(z))
-        return math.pi * torch.tanh(self.to_angle(z)), torch.sigmoid(self.to_weight(z))
+        """Per-example angles (radians, within +-max_angle) and combination weights."""
+        z = self.route_norm(self.route_dw(x).permute(0, 2, 3, 1))  # LayerNorm per position
+        z = F.relu(z).mean((1, 2))
+        lam = torch.sigmoid(self.to_weight(self.drop_weight(z)))
+        theta = F.softsign(self.to_angle(self.drop_angle(z))) * self.max_angle
+        return theta, lam
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta, lam = self.route(x)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .act import create_act
 from .mixers import register_mixer
 
 __all__ = [
@@ -42,18 +43,27 @@ class AdaptiveFrequencyFilter(nn.Module):
 
     The instance-adaptive mask ``M`` is a two-layer complex MLP applied to the spectrum at
     every frequency, block-diagonal over ``num_groups`` channel groups (complex weights
-    stored as real and imaginary parts), with ReLU on the real and imaginary parts after
-    the first layer and a soft-shrink (``sparsity``) on the output, as in the official
-    release. The identity term is part of the mixer there as well.
+    stored as real and imaginary parts), with the activation ``act`` on the real and
+    imaginary parts after the first layer and a soft-shrink (``sparsity``) on the output,
+    as in the official release. The release takes that activation from the model's
+    activation setting (ReLU when none is set; AFFNet's is swish), so it is an argument
+    here. The identity term is part of the mixer there as well.
     """
 
     def __init__(
-        self, dim: int, num_groups: int = 8, hidden_ratio: int = 1, sparsity: float = 0.01
+        self,
+        dim: int,
+        num_groups: int = 8,
+        hidden_ratio: int = 1,
+        sparsity: float = 0.01,
+        act: str = "relu",
     ) -> None:
         super().__init__()
         if dim % num_groups:
             raise ValueError(f"dim {dim} must be divisible by num_groups {num_groups}")
         self.num_groups, self.sparsity = num_groups, sparsity
+        self.act_re = create_act(act)
+        self.act_im = create_act(act)
         bs = dim // num_groups
         hidden = bs * hidden_ratio
         self.w1 = nn.Parameter(0.02 * torch.randn(2, num_groups, bs, hidden))
@@ -79,7 +89,7 @@ class AdaptiveFrequencyFilter(nn.Module):
         b, c, fh, fw = spec.shape
         g = spec.view(b, self.num_groups, c // self.num_groups, fh, fw)
         re, im = self._complex_linear(g.real, g.imag, self.w1, self.b1)
-        re, im = self._complex_linear(F.relu(re), F.relu(im), self.w2, self.b2)
+        re, im = self._complex_linear(self.act_re(re), self.act_im(im), self.w2, self.b2)
         re = F.softshrink(re, self.sparsity).reshape(b, c, fh, fw)
         im = F.softshrink(im, self.sparsity).reshape(b, c, fh, fw)
         return torch.complex(re, im)

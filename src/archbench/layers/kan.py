@@ -47,6 +47,7 @@ __all__ = [
     "KANConv3d",
     "KANLinear",
     "kan_regularization",
+    "select_activations",
     "unfold_kan_conv2d",
 ]
 
@@ -377,7 +378,12 @@ class _BottleneckKANConvNd(nn.Module):
     ``y = SiLU(norm(up(KANConv(down(x))) + conv(SiLU(x))))`` where ``down``/``up`` are 1x1
     convolutions to and from ``inner = max(max(in, out) / groups / reduction, min_inner)``
     channels per group, capped by the group width. The KAN convolution uses Gram
-    polynomials by default, as in the paper's KAGN layers.
+    polynomials by default, configured as torch-conv-kan's bottleneck KAGN layer: features
+    ``SiLU(gram(tanh(down(x))))`` with learnable recurrence coefficients (``learn_beta``,
+    initialised with the release's std 1 / (k^d * in_channels * (degree + 1)));
+    ``basis_opts`` override these defaults. Deviation: padded positions contribute the
+    features of 0 (as every archbench KAN convolution does, equal to the unfold
+    formulation) where the release zero-pads the features.
     """
 
     ndim: int = 2
@@ -417,6 +423,13 @@ class _BottleneckKANConvNd(nn.Module):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False
         )
         self.down = conv(in_channels, self.inner_channels, 1, groups=groups, bias=False)
+        if basis == "gram":
+            degree = basis_opts.setdefault("degree", 3)
+            basis_opts.setdefault("learn_beta", True)
+            basis_opts.setdefault("post_act", "silu")
+            basis_opts.setdefault(
+                "beta_init_std", 1.0 / (kernel_size**n * in_channels * (degree + 1))
+            )
         self.kan = _KAN_CONVS[n](
             self.inner_channels,
             self.inner_channels,
@@ -447,6 +460,48 @@ class BottleneckKANConv2d(_BottleneckKANConvNd):
 
 class BottleneckKANConv3d(_BottleneckKANConvNd):
     ndim = 3
+
+
+# ----- S-KAN selection phase ------------------------------------------------------------
+
+
+@torch.no_grad()
+def select_activations(model: nn.Module) -> int:
+    """S-KAN's selection phase for every KAN layer of ``model`` with a selectable basis.
+
+    Each input unit keeps the candidate activation it weighs most: that candidate's
+    coefficients are multiplied by its selection weight (so the kept part of the function
+    is unchanged), the other candidates' coefficients are zeroed and their features
+    dropped, and the basis switches to the hard selection. Training then continues with
+    one activation per unit. Returns the number of layers selected; layers already
+    selected are left alone. Rebuild the optimizer afterwards (the logits are frozen).
+    """
+    from .kan_basis import SelectableBasis
+
+    count = 0
+    for m in model.modules():
+        if not isinstance(m, (KANLinear, _KANConvNd)):
+            continue
+        basis = m.basis
+        if not isinstance(basis, SelectableBasis) or basis.is_selected:
+            continue
+        sel, kept = basis.select_()
+        scale = torch.zeros(basis.in_features, basis.n_basis, dtype=m.weight.dtype)
+        for j, sl in enumerate(basis.block_slices()):
+            rows = sel == j
+            scale[rows, sl] = kept[rows, None].to(scale.dtype)
+        scale = scale.to(m.weight.device)
+        if isinstance(m, KANLinear):
+            m.weight.mul_(scale)  # (out, in, K)
+        else:
+            g = m.groups
+            out_g, cin_g = m.out_channels // g, m.in_channels // g
+            extra = (1,) * len(m.kernel_size)
+            for gi in range(g):
+                block = scale[gi * cin_g : (gi + 1) * cin_g]  # (cin_g, K)
+                m.weight[gi * out_g : (gi + 1) * out_g].mul_(block.view(1, cin_g, -1, *extra))
+        count += 1
+    return count
 
 
 # ----- regularisation (KAN paper, Sec. 2.5.1) -------------------------------------------

@@ -21,9 +21,10 @@ Bases and the papers they come from:
   equidistant points; as ``num_points`` grows it tends to monic Legendre.
 - ``mexican_hat``, ``morlet``: wavelet frames (Wav-KAN); each input feature carries
   ``n_basis`` translated and dilated copies with learnable centres and scales.
-- ``rational``: the group-rational function ``P(x) / (1 + |Q(x)|)`` of
-  *Kolmogorov-Arnold Transformer* (Yang & Wang, 2024), one rational per group of input
-  features, with coefficients initialised to fit identity/GELU/SiLU (variance-preserving
+- ``rational``: the group-rational function ``P(x) / (1 + sum_j |b_j| |x|^j)`` of
+  *Kolmogorov-Arnold Transformer* (Yang & Wang, 2024), as its released kernel computes
+  it: one numerator shared by all groups, one denominator per group of input features,
+  coefficients initialised to fit identity/GELU/swish (variance-preserving
   initialisation: ``second_moment`` gives ``E[F(x)^2]`` for ``x ~ N(0, 1)``).
 - ``selectable``: *Activation Space Selectable KANs* (S-KAN): a learnable softmax
   selection over several candidate bases for every input feature.
@@ -461,12 +462,16 @@ class LegendreBasis(_PolynomialBasis):
 
 @register_basis("gram")
 class GramBasis(_PolynomialBasis):
-    """Monic Gram (discrete Legendre) polynomials on ``num_points`` points in (-1, 1) (KAGN).
+    """Gram polynomials of ``t = squash(x)`` (KAGN), by p_{n+1} = t p_n - beta_n p_{n-1}.
 
-    p_{n+1} = t p_n - beta_n p_{n-1} with beta_n = n^2 (1 - n^2/m^2) / (4 n^2 - 1). They
-    are orthogonal on the points t_j = (2j + 1 - m) / m. ``learn_beta`` lets every
-    recurrence coefficient be scaled by a learnable factor (KAGN's beta weights), and
-    ``post_act="silu"`` applies SiLU to the features, as KAGN convolutions do.
+    With ``learn_beta=False`` they are the monic discrete Legendre polynomials on
+    ``num_points`` points in (-1, 1): beta_n = n^2 (1 - n^2/m^2) / (4 n^2 - 1), orthogonal
+    on t_j = (2j + 1 - m) / m. With ``learn_beta=True`` the recurrence coefficients are
+    learned as in torch-conv-kan's KAGN layers: beta_n = w_n (m + n)(m - n) n^2 (4 n^2 - 1)
+    / m^2 with m = n + 1 and weights w (one per degree) drawn from N(0, ``beta_init_std``)
+    (the release uses 1 / (k^d * in_channels * (degree + 1)); default
+    1 / (in_features * (degree + 1))), so they start near the monomials. ``post_act="silu"``
+    applies SiLU to the features, as KAGN convolutions do.
     """
 
     def __init__(
@@ -477,23 +482,37 @@ class GramBasis(_PolynomialBasis):
         num_points: int = 32,
         learn_beta: bool = False,
         post_act: str | None = None,
+        beta_init_std: float | None = None,
     ) -> None:
         super().__init__(in_features, degree, squash)
         if num_points <= degree:
             raise ValueError(f"num_points ({num_points}) must exceed degree ({degree})")
         if post_act not in (None, "silu"):
             raise ValueError(f"post_act must be 'silu' or None, got {post_act!r}")
+        if beta_init_std is not None and not beta_init_std > 0:
+            raise ValueError(f"beta_init_std must be > 0, got {beta_init_std}")
         m = float(num_points)
         self.num_points = num_points
         self.post_act = post_act
         self.betas = [n * n * (1 - n * n / (m * m)) / (4 * n * n - 1) for n in range(degree + 1)]
-        self.beta_scale = nn.Parameter(torch.ones(max(degree, 1))) if learn_beta else None
+        # KAGN's fixed factor of each learnable coefficient, n = 1 .. degree - 1
+        self.kagn_factors = [
+            (2 * n + 1) * n * n * (4 * n * n - 1) / float((n + 1) ** 2) for n in range(degree + 1)
+        ]
+        self.beta_weights = None
+        if learn_beta and degree >= 2:  # degrees 0 and 1 use no recurrence coefficient
+            std = beta_init_std or 1.0 / (in_features * (degree + 1))
+            self.beta_weights = nn.Parameter(torch.randn(degree + 1) * std)
+
+    def beta(self, n: int) -> torch.Tensor | float:
+        if self.beta_weights is None:
+            return self.betas[n]
+        return self.kagn_factors[n] * self.beta_weights[n]
 
     def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
         out = [torch.ones_like(t), t]
         for n in range(1, self.degree):
-            beta = self.betas[n] if self.beta_scale is None else self.betas[n] * self.beta_scale[n]
-            out.append(t * out[-1] - beta * out[-2])
+            out.append(t * out[-1] - self.beta(n) * out[-2])
         return out[: self.degree + 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -667,7 +686,7 @@ class MorletBasis(_WaveletBasis):
 
 
 def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """sum_i coef[:, i] x^i for grouped x (..., G, D) and coef (G, n)."""
+    """sum_i coef[:, i] x^i for grouped x (..., G, D) and coef (G or 1, n)."""
     out = coef[:, -1:].expand_as(x)
     for i in range(coef.shape[1] - 2, -1, -1):
         out = torch.addcmul(coef[:, i : i + 1], out, x)
@@ -677,90 +696,110 @@ def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
 def _rational_forward(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F = P(x) / D(x) with P(x) = sum_i a_i x^i and D(x) = 1 + sum_j |b_j| |x|^j (j >= 1)."""
     p = _horner(x, a)
-    q = _horner(x, b) * x  # Q has no constant term
-    return p / (1 + q.abs()), p, q
+    ax = x.abs()
+    d = 1 + _horner(ax, b.abs()) * ax
+    return p / d, p, d
 
 
 class _RationalFunction(torch.autograd.Function):
-    """P(x) / (1 + |Q(x)|) per group with an analytic backward (what KAT's kernel computes).
+    """P(x) / (1 + sum_j |b_j| |x|^j) per group with an analytic backward (KAT's kernel).
 
-    The forward keeps x, P(x) and Q(x); the backward gives
-    dF/dx = (P' (1 + |Q|) - P sign(Q) Q') / (1 + |Q|)^2, dF/da_i = x^i / (1 + |Q|) and
-    dF/db_j = -P sign(Q) x^(j+1) / (1 + |Q|)^2, reduced over each group's elements.
+    The forward keeps x, P(x) and D(x); the backward gives
+    dF/dx = (P' D - P D') / D^2 with D' = sign(x) sum_j j |b_j| |x|^(j-1),
+    dF/da_i = x^i / D and dF/db_j = -P sign(b_j) |x|^j / D^2, each coefficient's gradient
+    reduced over the elements that share it (all groups for the shared numerator).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out, p, q = _rational_forward(x, a, b)
-        ctx.save_for_backward(x, a, b, p, q)
+        out, p, d = _rational_forward(x, a, b)
+        ctx.save_for_backward(x, a, b, p, d)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, a, b, p, q = ctx.saved_tensors
-        inv = 1 / (1 + q.abs())
-        # the common factor of the denominator terms: -grad P sign(Q) / (1 + |Q|)^2
-        u = -grad * p * torch.sign(q) * inv * inv
+        x, a, b, p, d = ctx.saved_tensors
+        inv = 1 / d
+        u = -grad * p * inv * inv  # the common factor of the denominator terms
         t = grad * inv
+        ax = x.abs()
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             ia = torch.arange(1, a.shape[1], dtype=a.dtype, device=a.device)
             ib = torch.arange(1, b.shape[1] + 1, dtype=b.dtype, device=b.device)
             dp = _horner(x, a[:, 1:] * ia) if a.shape[1] > 1 else torch.zeros_like(x)
-            dq = _horner(x, b * ib)
-            grad_x = t * dp + u * dq
-        dims = [d for d in range(x.ndim) if d != x.ndim - 2]
+            dd = _horner(ax, b.abs() * ib) * torch.sign(x)
+            grad_x = t * dp + u * dd
+        group_dims = [dim for dim in range(x.ndim) if dim != x.ndim - 2]
         if ctx.needs_input_grad[1]:
+            # a shared numerator (one row) reduces over every group as well
+            dims = list(range(x.ndim)) if a.shape[0] == 1 else group_dims
             cols, xp = [], None
             for _ in range(a.shape[1]):
                 xp = torch.ones_like(x) if xp is None else xp * x
                 cols.append((t * xp).sum(dims))
-            grad_a = torch.stack(cols, -1)
+            grad_a = torch.stack(cols, -1).reshape(a.shape)
         if ctx.needs_input_grad[2]:
-            cols, xp = [], x
+            cols, xp = [], ax
             for j in range(b.shape[1]):
-                xp = x if j == 0 else xp * x
-                cols.append((u * xp).sum(dims))
-            grad_b = torch.stack(cols, -1)
+                xp = ax if j == 0 else xp * ax
+                cols.append((u * xp).sum(group_dims))
+            grad_b = torch.stack(cols, -1) * torch.sign(b)
         return grad_x, grad_a, grad_b
 
 
 # ----- group-rational (KAT) -------------------------------------------------------------
 
-# Coefficients of P (degree 5, a0..a5) and Q (degree 4 without constant, b1..b4) fitted by
-# least squares on [-3, 3] so that P / (1 + |Q|) starts as the named function, and the
-# second moment E[F(x)^2] for x ~ N(0, 1) of each fit (computed by Gauss-Hermite quadrature).
+# Coefficients of P (degree 5, a0..a5) and of the denominator (b1..b4) as the KAT release
+# ships them (its ``init.json``: ``identity``, ``gelu_old`` for GELU, which fits GELU under
+# the kernel's denominator, and ``swish``), and the second moment E[F(x)^2] for
+# x ~ N(0, 1) of each (computed by Gauss-Hermite quadrature). ``silu`` is ``swish``.
+_SWISH = (
+    (3.054879741161051e-07, 0.5000007853744493, 0.24999783422824703, 0.05326628273219478,
+     0.005803034571292244, 0.0002751961022402342),
+    (-4.111554955950634e-06, 0.10652899335007572, -1.2690007399796238e-06,
+     0.0005502331264140556),
+    0.355775,
+)  # fmt: skip
 RATIONAL_INITS: dict[str, tuple[tuple[float, ...], tuple[float, ...], float]] = {
     "identity": ((0.0, 1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0), 1.0),
     "gelu": (
-        (-0.000533, 0.5, 0.403193, 0.075687, -0.011717, -0.003533),
-        (2e-06, 0.151373, -2e-06, -0.007065),
-        0.425417,
-    ),
-    "silu": (
-        (0.0, 0.5, 0.249997, 0.053251, 0.005796, 0.000274),
-        (0.0, 0.106501, 0.0, 0.000549),
-        0.355775,
-    ),
+        (
+            -0.0012423594497499122,
+            0.5080497063245629,
+            0.41586363182937475,
+            0.13022718688035761,
+            0.024355900098993424,
+            0.00290283948155535,
+        ),
+        (-0.06675015696494944, 0.17927646217001553, 0.03746682605496631, 1.6561610853276082e-10),
+        0.425240,
+    ),  # fmt: skip
+    "swish": _SWISH,
+    "silu": _SWISH,
 }
 
 
 @register_basis("rational")
 class GroupRationalBasis(KANBasis):
-    """KAT's group-rational function F_g(x) = P_g(x) / (1 + |Q_g(x)|), one per group.
+    """KAT's group-rational function F_g(x) = P(x) / (1 + sum_j |b_{g,j}| |x|^j).
 
-    The ``in_features`` inputs are split into ``num_groups`` contiguous groups that share
-    one rational (m = 5, n = 4). ``n_basis`` is 1: the layer that follows is a plain
-    linear map of F(x), which is exactly KAT's GR-KAN. ``init`` names the function the
-    rational starts as; ``second_moment`` is E[F(x)^2] at x ~ N(0, 1), which a layer uses
-    for the variance-preserving initialisation Var[W] = 1 / (fan_in * E[F(x)^2]).
+    The ``in_features`` inputs are split into ``num_groups`` contiguous groups. As in the
+    release (``KAT_Group`` and its kernel), the numerator P (degree 5, ``numerator`` of
+    shape 1 x 6) is shared by all groups and each group has its own denominator
+    coefficients b_1..b_4 (``denominator``, num_groups x 4), which enter by absolute value
+    on |x|^j, so the denominator is at least 1. ``n_basis`` is 1: the layer that follows
+    is a plain linear map of F(x), which is exactly KAT's GR-KAN. ``init`` names the
+    function the rational starts as; ``second_moment`` is E[F(x)^2] at x ~ N(0, 1), which a
+    layer uses for the variance-preserving initialisation Var[W] = 1 / (fan_in E[F(x)^2]).
     """
 
     n_basis = 1
 
-    def __init__(self, in_features: int, num_groups: int = 8, init: str = "gelu") -> None:
+    def __init__(self, in_features: int, num_groups: int = 8, init: str = "swish") -> None:
         super().__init__()
         _check_positive(in_features=in_features, num_groups=num_groups)
         if in_features % num_groups:
@@ -775,7 +814,7 @@ class GroupRationalBasis(KANBasis):
         self.num_groups = num_groups
         self.init = init
         a, b, m2 = RATIONAL_INITS[init]
-        self.numerator = nn.Parameter(torch.tensor(a).repeat(num_groups, 1))
+        self.numerator = nn.Parameter(torch.tensor(a).unsqueeze(0))
         self.denominator = nn.Parameter(torch.tensor(b).repeat(num_groups, 1))
         self.second_moment = m2
         self.init_std = 1.0 / math.sqrt(m2)
@@ -800,12 +839,18 @@ class GroupRationalBasis(KANBasis):
 
 @register_basis("selectable")
 class SelectableBasis(KANBasis):
-    """S-KAN: every input feature selects among candidate bases with learnable softmax weights.
+    """S-KAN: every input feature selects among candidate bases (*Activation Space
+    Selectable Kolmogorov-Arnold Networks*).
 
-    Features are the candidates' features concatenated along the basis axis, each block
-    scaled by its selection weight: ``n_basis = sum of the candidates' n_basis``.
+    Search phase: features are the candidates' features concatenated along the basis axis,
+    each block scaled by its learnable softmax selection weight (``n_basis = sum of the
+    candidates' n_basis``). Selection phase (``archbench.layers.kan.select_activations``,
+    which calls ``select_`` and folds each kept weight into the layer): every input keeps
+    only the candidate it weighs most and the others are pruned, their features set to zero
+    and no longer computed when no input keeps them; the selection is stored in the
+    ``selection`` buffer (-1 while searching) and the logits are frozen.
     ``candidates`` lists basis names or ``(name, options)`` pairs; ``selected()`` gives the
-    index of the candidate each input feature weighs most.
+    index of the candidate each input feature weighs most (or keeps, once selected).
     """
 
     def __init__(
@@ -836,16 +881,49 @@ class SelectableBasis(KANBasis):
         self.n_basis = sum(b.n_basis for b in bases)
         self.temperature = float(temperature)
         self.logits = nn.Parameter(torch.zeros(in_features, len(bases)))
+        self.register_buffer("selection", torch.full((in_features,), -1, dtype=torch.long))
         self.init_std = max(b.init_std for b in bases) * math.sqrt(len(bases))
 
+    @property
+    def is_selected(self) -> bool:
+        return bool((self.selection >= 0).all())
+
+    def block_slices(self) -> list[slice]:
+        """The basis-axis slice of each candidate's features."""
+        out, start = [], 0
+        for b in self.candidates:
+            out.append(slice(start, start + b.n_basis))
+            start += b.n_basis
+        return out
+
     def weights(self) -> torch.Tensor:
+        """(in, candidates): softmax selection weights, or the one-hot selection once made."""
+        if self.is_selected:
+            return F.one_hot(self.selection, len(self.candidates)).to(self.logits.dtype)
         return torch.softmax(self.logits / self.temperature, dim=-1)
 
     def selected(self) -> torch.Tensor:
-        return self.logits.argmax(dim=-1)
+        return self.selection.clone() if self.is_selected else self.logits.argmax(dim=-1)
+
+    @torch.no_grad()
+    def select_(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep each input's highest-weighted candidate; returns (selection, its weight at
+        selection time). The caller folds that weight into the layer's coefficients."""
+        w = self.weights()
+        sel = w.argmax(dim=-1)
+        kept = w.gather(1, sel[:, None]).squeeze(1)
+        self.selection.copy_(sel)
+        self.logits.requires_grad_(False)
+        return sel, kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         w = self.weights().to(x.dtype)
-        feats = [b(x) * w[:, j : j + 1] for j, b in enumerate(self.candidates)]
+        feats = []
+        for j, (b, sl) in enumerate(zip(self.candidates, self.block_slices())):
+            if self.is_selected and not bool((self.selection == j).any()):
+                # pruned everywhere: no need to evaluate this candidate
+                feats.append(x.new_zeros(*x.shape, sl.stop - sl.start))
+            else:
+                feats.append(b(x) * w[:, j : j + 1])
         return torch.cat(feats, dim=-1)

@@ -36,7 +36,8 @@ class CBAM(nn.Module):
 
     Channel attention: a shared MLP on the average- and max-pooled descriptors, summed,
     sigmoid. Then spatial attention: a k x k convolution over the channel-wise average
-    and max maps, sigmoid. Applied in that order.
+    and max maps, followed by a one-channel BatchNorm (as the official release's
+    ``SpatialGate``), sigmoid. Applied in that order.
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, spatial_kernel: int = 7) -> None:
@@ -45,13 +46,14 @@ class CBAM(nn.Module):
         self.fc1 = nn.Conv2d(channels, rd, 1)
         self.fc2 = nn.Conv2d(rd, channels, 1)
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
+        self.spatial_bn = nn.BatchNorm2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True))))
         mx = self.fc2(F.relu(self.fc1(x.amax((2, 3), keepdim=True))))
         x = x * torch.sigmoid(avg + mx)
         maps = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial(maps))
+        return x * torch.sigmoid(self.spatial_bn(self.spatial(maps)))
 
 
 @register_attn("gc")
@@ -124,9 +126,12 @@ class TripletAttention(nn.Module):
 class UltraLightSubspaceAttn(nn.Module):
     """ULSAM (Saini et al., 2020): one attention map per channel subspace.
 
-    Channels split into ``groups`` subspaces; each gets a depthwise 1x1 conv, a 3x3 max-pool
-    (stride 1), a pointwise conv to one map, softmax over positions; the subspace is
-    re-weighted by its map and added to itself (x * A + x).
+    Channels split into ``groups`` subspaces; each gets a depthwise 1x1 conv with
+    BatchNorm and ReLU, a 3x3 max-pool (stride 1), a pointwise conv to one map with
+    BatchNorm and ReLU, softmax over positions; the subspace is re-weighted by its map and
+    added to itself (x * A + x), as in the official release. Deviation: the release's
+    BatchNorm layers pass ``momentum=0.9`` (in PyTorch's convention the running statistics
+    would then follow the last batch almost entirely); the PyTorch default 0.1 is used.
     """
 
     def __init__(self, channels: int, groups: int = 4) -> None:
@@ -136,14 +141,18 @@ class UltraLightSubspaceAttn(nn.Module):
         self.groups = groups
         sub = channels // groups
         self.dw = nn.Conv2d(channels, channels, 1, groups=channels)
+        self.dw_bn = nn.BatchNorm2d(channels)
         self.pool = nn.MaxPool2d(3, stride=1, padding=1)
-        # one pointwise conv (sub -> 1) per subspace, as a grouped convolution
+        # one pointwise conv (sub -> 1) per subspace, as a grouped convolution; BatchNorm of
+        # the G one-channel maps is the per-subspace BatchNorm(1) of the release
         self.pw = nn.Conv2d(channels, groups, 1, groups=groups)
+        self.pw_bn = nn.BatchNorm2d(groups)
         self.sub = sub
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        logits = self.pw(self.pool(F.relu(self.dw(x))))  # B x G x H x W
+        z = self.pool(F.relu(self.dw_bn(self.dw(x))))
+        logits = F.relu(self.pw_bn(self.pw(z)))  # B x G x H x W
         attn = logits.view(b, self.groups, h * w).softmax(-1).view(b, self.groups, 1, h, w)
         xs = x.view(b, self.groups, self.sub, h, w)
         return (xs * attn + xs).view(b, c, h, w)
@@ -151,11 +160,15 @@ class UltraLightSubspaceAttn(nn.Module):
 
 @register_attn("sk")
 class SelectiveKernel(nn.Module):
-    """Selective kernel unit (SKNet, Li et al., 2019), width-preserving.
+    """Selective kernel unit (*Selective Kernel Networks*, Li et al., 2019).
 
-    Split: M grouped 3x3 branches with dilation 1..M (receptive fields 3, 5, ...). Fuse:
-    sum, global pool, FC to d = max(C / r, L). Select: one FC per branch, softmax across
-    branches per channel, weighted sum of the branch outputs.
+    Split: M grouped 3x3 branches with dilation 1..M (receptive fields 3, 5, ...; the
+    paper replaces the 5x5 kernel by a dilated 3x3), each with BatchNorm and ReLU, all with
+    the unit's ``stride``. Fuse: sum, global pool, FC to d = max(C / r, L) with BatchNorm
+    and ReLU. Select: one FC per branch (no bias, as the paper's A and B), softmax across
+    branches per channel, weighted sum of the branch outputs. In SKNet the unit replaces a
+    bottleneck's 3x3 convolution (with its norm and activation); ResNet builds that with
+    ``conv_layer="sk"``. Registered as a width-preserving plug-in as well.
     """
 
     def __init__(
@@ -165,12 +178,24 @@ class SelectiveKernel(nn.Module):
         groups: int = 32,
         rd_ratio: float = 1 / 16,
         min_dim: int = 32,
+        stride: int = 1,
     ) -> None:
         super().__init__()
+        if branches < 1 or stride < 1:
+            raise ValueError(f"SK needs branches >= 1 and stride >= 1, got {branches}, {stride}")
         groups = math.gcd(groups, channels)
         self.branches = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=groups, bias=False),
+                nn.Conv2d(
+                    channels,
+                    channels,
+                    3,
+                    stride=stride,
+                    padding=d,
+                    dilation=d,
+                    groups=groups,
+                    bias=False,
+                ),
                 nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
             )
@@ -180,7 +205,7 @@ class SelectiveKernel(nn.Module):
         self.fuse = nn.Sequential(
             nn.Conv2d(channels, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True)
         )
-        self.select = nn.Conv2d(d, channels * branches, 1)
+        self.select = nn.Conv2d(d, channels * branches, 1, bias=False)
         self.num_branches = branches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,37 +216,85 @@ class SelectiveKernel(nn.Module):
         return (feats * weights).sum(1)
 
 
+def _eca_kernel(channels: int, gamma: int = 2, beta: int = 1) -> int:
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return t if t % 2 else t + 1
+
+
+def _pairwise_fusion(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Interleave two (B, C) descriptors channel by channel (a_1, b_1, a_2, b_2, ...) and
+    apply a kernel-2, stride-2 1-D convolution: w_0 a_c + w_1 b_c for every channel."""
+    return conv(torch.stack([a, b], dim=-1).flatten(1).unsqueeze(1)).squeeze(1)
+
+
 @register_attn("pkcam")
 class PreviousKnowledgeChannelAttn(nn.Module):
-    """PKCAM (Bakr et al., 2022): channel attention informed by the previous layer.
+    """PKCAM (*Previous Knowledge Channel Attention Module*, Bakr et al., 2022), following
+    its official release (the EMCA repository, cross-layer "stage" attention).
 
-    The channel descriptors of the current features and of the block input (the previous
-    layer's output; linearly resampled along the channel axis when widths differ) are
-    stacked as two signals over channels and mixed by one 1-D convolution, ECA-style,
-    giving a sigmoid gate per channel. A few dozen parameters.
+    With ``u`` the pooled descriptor of the block's output and ``p`` that of the previous
+    layer's output (the block input; tiled along channels when it is narrower, as the
+    release repeats it):
+
+    - local attention: ``l = sigmoid(ECA(u))``, a 1-D convolution over channels;
+    - input fusion: ``f_c = relu(w_0 p_c + w_1 u_c)``, a learned kernel-2, stride-2 1-D
+      convolution over the interleaved descriptors;
+    - global attention: ``g = sigmoid(ECA'(f))`` with its own 1-D convolution;
+    - output fusion: ``s_c = sigmoid(v_0 l_c + v_1 g_c)``, learned the same way;
+    - residual form: the block's output is scaled by ``1 + s`` (the block then adds its
+      shortcut), so the module starts near a uniform gain and never blocks a channel.
+
+    Without a previous layer the module is local ECA in the same residual form (the
+    release's first block of a stage). ECA kernels follow the width (k = |log2 C + 1| / 2,
+    odd). Deviation: when the previous width does not divide the current one, the previous
+    descriptor is resampled linearly along channels instead of tiled.
     """
 
     uses_block_input = True
 
-    def __init__(
-        self, channels: int, kernel_size: int | None = None, gamma: int = 2, beta: int = 1
-    ) -> None:
+    def __init__(self, channels: int, kernel_size: int | None = None) -> None:
         super().__init__()
-        if kernel_size is None:
-            t = int(abs((math.log2(channels) + beta) / gamma))
-            kernel_size = t if t % 2 else t + 1
-        self.conv = nn.Conv1d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        k = _eca_kernel(channels) if kernel_size is None else kernel_size
+        if k % 2 == 0 or k < 1:
+            raise ValueError(f"PKCAM kernel_size must be odd and positive, got {k}")
+        self.channels = channels
+        self.local_conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.global_conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.in_fusion = nn.Conv1d(1, 1, 2, stride=2, bias=False)
+        self.out_fusion = nn.Conv1d(1, 1, 2, stride=2, bias=False)
+
+    def _eca(self, conv: nn.Conv1d, d: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(conv(d.unsqueeze(1)).squeeze(1))
+
+    def previous_descriptor(self, previous: torch.Tensor, channels: int) -> torch.Tensor:
+        """The previous layer's pooled descriptor at ``channels`` wide."""
+        prev = previous.mean((2, 3))
+        c_prev = prev.shape[-1]
+        if c_prev == channels:
+            return prev
+        if channels % c_prev == 0:
+            return prev.repeat(1, channels // c_prev)
+        return F.interpolate(
+            prev.unsqueeze(1), size=channels, mode="linear", align_corners=True
+        ).squeeze(1)
+
+    def scales(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-channel scales s (B, C) before the residual form 1 + s."""
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"PKCAM built for {self.channels} channels got a tensor of shape {tuple(x.shape)}"
+            )
+        cur = x.mean((2, 3))
+        local = self._eca(self.local_conv, cur)
+        if previous is None:
+            return local
+        prev = self.previous_descriptor(previous, cur.shape[-1])
+        fused = F.relu(_pairwise_fusion(prev, cur, self.in_fusion))
+        glob = self._eca(self.global_conv, fused)
+        return torch.sigmoid(_pairwise_fusion(local, glob, self.out_fusion))
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        cur = x.mean((2, 3)).unsqueeze(1)  # B x 1 x C
-        if previous is None:
-            prev = cur
-        else:
-            prev = previous.mean((2, 3)).unsqueeze(1)
-            if prev.shape[-1] != cur.shape[-1]:
-                prev = F.interpolate(prev, size=cur.shape[-1], mode="linear", align_corners=True)
-        gate = torch.sigmoid(self.conv(torch.cat([prev, cur], dim=1)))  # B x 1 x C
-        return x * gate.transpose(1, 2).unsqueeze(-1)
+        return x * (1 + self.scales(x, previous)[..., None, None])
 
 
 @register_mixer("lkca")

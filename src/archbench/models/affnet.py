@@ -5,7 +5,8 @@ Layout of the official release (a MobileViT-style hybrid): a 3x3/2 conv stem, tw
 of MobileNetV2 inverted residuals, then three stages that each downsample with an
 inverted residual and apply an AFF block: ``n`` blocks of [GroupNorm(1) -> inverted
 residual (expansion ffn_dim / dim) -> GroupNorm(1) -> AFF token mixer
-(``archbench.layers.freq_mixers.AdaptiveFrequencyFilter``, 8 channel groups) ->
+(``archbench.layers.freq_mixers.AdaptiveFrequencyFilter``, 8 channel groups, its spectral
+MLP using the model's activation as the release's does) ->
 residual], a final GroupNorm(1), a 1x1 conv-BN projection, and (except where the release
 turns it off) a 1x1 conv-BN-act fusion of the block input with its output. A 1x1 conv
 expands to ``min(4 C, 960)`` channels before average pooling and the linear classifier.
@@ -70,7 +71,7 @@ class _AFFLayer(nn.Module):
         self.norm1 = GroupNorm1(dim)
         self.mlp = InvertedResidual(dim, dim, 1, ffn_dim / dim)
         self.norm2 = GroupNorm1(dim)
-        self.token_mixer = AdaptiveFrequencyFilter(dim, num_groups=8)
+        self.token_mixer = AdaptiveFrequencyFilter(dim, num_groups=8, act="silu")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

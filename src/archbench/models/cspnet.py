@@ -16,7 +16,9 @@ function (and the same parameters) as the release's two 1x1 convolutions, one pe
 - CSPDarkNet-53: a 3x3 stem and five strided stages of Darknet residual blocks
   (1x1 then 3x3 convolution) with 1/2/8/8/4 blocks; the first stage keeps full-width
   blocks with a half-width bottleneck.
-Both use leaky ReLU (slope 0.1) like the Darknet release.
+Both use leaky ReLU with slope 0.1: the release's Darknet configuration files give every
+convolution ``activation=leaky``, which Darknet computes as ``max(x, 0.1 x)`` (the
+paper does not state the slope; timm's port uses PyTorch's default 0.01 instead).
 """
 
 from __future__ import annotations

@@ -9,8 +9,14 @@ value-width multiplier ``rv``, bottleneck output multiplier ``rb`` (block output
 stage-3 depth ``l3`` and an optional final 1x1 convolution to ``df`` channels.
 
 There is no official code release; the block layout (1x1 -> halo attention -> 1x1,
-heads 4/8/8/8, SiLU, no attention output projection) follows the paper's description
-and reproduces its parameter counts for H0-H7 within 0.5%. Feature maps whose sides
+8 heads in every stage, so stage 1's 64-wide attention has heads of width 8; SiLU; no
+attention output projection) follows the paper's description (timm's ``halonet_h1``
+uses the same 8 heads; keras_cv_attention_models uses 4 in stage 1) and reproduces its
+parameter counts for H0-H7 within 0.5%. Each relative-position table (one for rows, one
+for columns, shared by the heads) has 2b + 2h - 1 entries: a query at 0..b-1 of its
+block sees keys at -h..b+h-1, so key-minus-query offsets span exactly that many values.
+timm sizes the tables 2(b + 2h) - 1 (twice the window) and never reads the 2h extra
+entries, so they would be parameters without a gradient. Feature maps whose sides
 are not multiples of the block size are zero-padded to the next multiple and the
 output is cropped, so any input size works (the paper's sizes tile exactly).
 """
@@ -83,7 +89,7 @@ class HaloNet(ImageClassifier):
         self,
         depths: tuple[int, ...] = (3, 3, 10, 3),
         base_widths: tuple[int, ...] = (64, 128, 256, 512),
-        num_heads: tuple[int, ...] = (4, 8, 8, 8),
+        num_heads: tuple[int, ...] = (8, 8, 8, 8),
         block_size: int = 8,
         halo_size: int = 3,
         value_ratio: float = 1.0,

@@ -7,20 +7,28 @@ keeps the grid; the canonical input is 299x299 (grids 35, 17, 8).
 
 - Inception-v3: the released architecture (Figures 5-7 modules, grid reductions of
   Figure 10), widths of the official release; the auxiliary classifier on the 17x17 grid
-  is optional (``aux_logits=False`` by default, 23.83M parameters; 27.16M with it).
+  is optional (``aux_logits=False`` by default, 23.83M parameters; 27.16M with it). With
+  it, ``aux_loss(targets)`` gives the training task the auxiliary head's cross-entropy on
+  the same soft targets, weighted by ``aux_weight`` (0.4, the weight of the release's
+  training script; the paper gives none).
 - Inception-v4: stem of Figure 3, 4 x Inception-A, Reduction-A (k, l, m, n = 192, 224,
   256, 384), 7 x Inception-B, Reduction-B, 3 x Inception-C (Figures 4-8).
 - Inception-ResNet-v2: residual Inception blocks whose branch is scaled before it is
   added (``res_scales``, 0.17 / 0.10 / 0.20 for the 35 / 17 / 8 grids, inside the
   paper's 0.1-0.3 range). Layout of the official release: the v3-style stem followed by
-  a 320-wide mixed block, 10 / 20 / 10 residual blocks (the last without ReLU), and a
-  1x1 convolution to 1536 channels. The paper's Figure 15 schematic draws the Figure 3
+  a 320-wide mixed block, 10 / 20 / 10 residual blocks, and a 1x1 convolution to 1536
+  channels. As in the release, the last 8x8 block has no ReLU and adds its branch
+  unscaled (``last_res_scale=1.0``). The paper's Figure 15 schematic draws the Figure 3
   stem and 5 / 10 / 5 blocks; the 55.8M parameter figure is the release's.
 
 ``stem="cifar"`` (for the CPU variants) replaces the stem by two 3x3 stride-1
 convolutions and pads the stride-2 reductions so that 32x32 inputs give 32/16/8 grids;
 ``width_mult`` scales every width. Inception-v3 and -v4 have no residual branches, so
 they refuse a non-zero ``drop_path_rate``; Inception-ResNet-v2 drops residual branches.
+
+The 3x3 stride-1 average pools of the pooling branches divide by the number of valid
+(unpadded) pixels (``count_include_pad=False``): the release pools with TensorFlow's
+'SAME' padding, which leaves padding out of the mean (torchvision's port counts it).
 """
 
 from __future__ import annotations
@@ -202,7 +210,8 @@ class _InceptionBase(ImageClassifier):
 
 class InceptionV3(_InceptionBase):
     """Inception-v3. In training mode with ``aux_logits=True`` the auxiliary classifier's
-    logits of the last forward are kept in ``self.aux_out`` for the loss."""
+    logits of the last forward are kept in ``self.aux_out``; ``aux_loss(targets)`` turns
+    them into the weighted auxiliary loss that the classification task adds."""
 
     # a_pool and c7 are canonical widths that width_mult multiplies like every other width,
     # so width_mult alone scales every module; the lengths of a_pool and c7 are depths too
@@ -217,6 +226,7 @@ class InceptionV3(_InceptionBase):
         width_mult: float = 1.0,
         stem: str = "imagenet",
         aux_logits: bool = False,
+        aux_weight: float = 0.4,
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int = 299,
@@ -231,6 +241,9 @@ class InceptionV3(_InceptionBase):
             raise ValueError("a_pool and c7 need at least one entry and num_e >= 1")
         if aux_logits and (stem != "imagenet" or width_mult != 1.0):
             raise ValueError("aux_logits needs stem='imagenet' and width_mult=1.0")
+        if not aux_weight >= 0:
+            raise ValueError(f"aux_weight must be a non-negative number, got {aux_weight}")
+        self.aux_weight = float(aux_weight)
         w = _width_fn(width_mult)
         self.num_classes, self.in_chans = num_classes, in_chans
         if stem == "imagenet":
@@ -281,6 +294,20 @@ class InceptionV3(_InceptionBase):
         x = self.stage2(self.stage1(self.stem(x)))
         self.aux_out = self.aux(x) if self.aux is not None and self.training else None
         return self.stage3(x)
+
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``aux_weight`` times the auxiliary head's soft cross-entropy on ``targets``
+        ((B, num_classes) soft targets of the last training forward), or None without
+        an auxiliary head, outside training or without targets."""
+        if self.aux_out is None or not self.training or targets is None:
+            return None
+        if targets.shape != self.aux_out.shape:
+            raise ValueError(
+                f"aux_loss needs soft targets of shape {tuple(self.aux_out.shape)} (the last "
+                f"batch x num_classes), got {tuple(targets.shape)}"
+            )
+        logp = torch.log_softmax(self.aux_out.float(), dim=-1)
+        return self.aux_weight * -(targets.float() * logp).sum(-1).mean()
 
 
 # ----------------------------------------------------------------------------------
@@ -510,7 +537,8 @@ def _ir_c(cin: int, w: Width) -> _Branches:
 
 
 class InceptionResNetV2(_InceptionBase):
-    """Inception-ResNet-v2 with residual scaling (``res_scales`` per grid)."""
+    """Inception-ResNet-v2 with residual scaling (``res_scales`` per grid; the last,
+    linear block adds its branch with ``last_res_scale``, 1.0 in the release)."""
 
     # width_mult multiplies every width
     width_args = ("width_mult",)
@@ -520,6 +548,7 @@ class InceptionResNetV2(_InceptionBase):
         self,
         depths: tuple[int, int, int] = (10, 20, 10),
         res_scales: tuple[float, float, float] = (0.17, 0.10, 0.20),
+        last_res_scale: float = 1.0,
         width_mult: float = 1.0,
         stem: str = "imagenet",
         num_classes: int = 1000,
@@ -590,7 +619,13 @@ class InceptionResNetV2(_InceptionBase):
         self.stage3 = nn.Sequential(
             red_b,
             *[
-                InceptionResBlock(_ir_c(cin, w), cin, res_scales[2], act=i < last, drop_path=d)
+                InceptionResBlock(
+                    _ir_c(cin, w),
+                    cin,
+                    res_scales[2] if i < last else last_res_scale,
+                    act=i < last,
+                    drop_path=d,
+                )
                 for i, d in enumerate(dpr[2])
             ],
             _c(cin, w(1536), 1),

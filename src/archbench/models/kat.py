@@ -2,9 +2,12 @@
 
 *Kolmogorov-Arnold Transformer* (Yang & Wang, 2024): a ViT/DeiT whose MLPs are two
 group-rational KAN layers (GR-KAN). Each GR-KAN layer applies a rational function
-P(x) / (1 + |Q(x)|) (m = 5, n = 4) shared within each of 8 channel groups, then a linear
-map; the first layer's rational starts as the identity and the second's as GELU, and the
-linear weights use the variance-preserving initialisation (Var[W] = 1 / (fan_in E[F^2])).
+P(x) / (1 + sum_j |b_j| |x|^j) (m = 5, n = 4), as the released kernel computes it: the
+numerator shared by all channels, the denominator by each of 8 channel groups; then a
+linear map. The first layer's rational starts as the identity and the second's as swish
+(the release's ``kat_*_patch16_224`` models; ``rational_init="gelu"`` gives its GELU
+variants), and the linear weights use the variance-preserving initialisation
+(Var[W] = 1 / (fan_in E[F^2])).
 KAT-T/S/B follow DeiT-T/S/B (dims 192/384/768, heads 3/6/12, depth 12, patch 16).
 """
 
@@ -24,16 +27,23 @@ __all__ = ["GRKAN", "KAT", "KATBlock"]
 
 
 class GRKAN(nn.Module):
-    """Two GR-KAN layers: rational(identity) -> linear -> rational(GELU) -> linear."""
+    """Two GR-KAN layers: rational(identity) -> linear -> rational(``init``) -> linear."""
 
-    def __init__(self, dim: int, hidden: int, num_groups: int = 8, drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        num_groups: int = 8,
+        drop: float = 0.0,
+        init: str = "swish",
+    ) -> None:
         super().__init__()
         self.fc1 = KANLinear(
             dim, hidden, basis="rational", bias=True, num_groups=num_groups, init="identity"
         )
         self.drop1 = nn.Dropout(drop)
         self.fc2 = KANLinear(
-            hidden, dim, basis="rational", bias=True, num_groups=num_groups, init="gelu"
+            hidden, dim, basis="rational", bias=True, num_groups=num_groups, init=init
         )
         self.drop2 = nn.Dropout(drop)
 
@@ -52,13 +62,14 @@ class KATBlock(nn.Module):
         num_groups: int = 8,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        rational_init: str = "swish",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias=True, proj_drop=drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = GRKAN(dim, int(dim * mlp_ratio), num_groups, drop)
+        self.mlp = GRKAN(dim, int(dim * mlp_ratio), num_groups, drop, rational_init)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +92,7 @@ class KAT(ImageClassifier):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         num_groups: int = 8,
+        rational_init: str = "swish",
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int = 224,
@@ -102,7 +114,10 @@ class KAT(ImageClassifier):
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
-            *[KATBlock(embed_dim, num_heads, mlp_ratio, num_groups, 0.0, r) for r in rates]
+            *[
+                KATBlock(embed_dim, num_heads, mlp_ratio, num_groups, 0.0, r, rational_init)
+                for r in rates
+            ]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim

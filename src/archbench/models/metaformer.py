@@ -20,6 +20,11 @@ and CAFormer use a bias-free LayerNorm over channels (``layernorm2d_nobias``). F
 are averaged over space and normalised by a LayerNorm; the head is linear for the basic
 baselines and an MLP (x4, SquaredReLU, LayerNorm) for ConvFormer and CAFormer.
 
+LayerNorm epsilons follow the official release (``metaformer_baselines.py``): 1e-6 in the
+stem, downsampling, block norms and the output norm before the head, and PyTorch's
+default 1e-5 inside the MLP head (its ``MlpHead`` takes a plain ``nn.LayerNorm``). timm's
+port uses 1e-6 in the MLP head too; the paper does not give the value.
+
 RandFormer's random matrices depend on the token count, so a RandFormer is tied to the
 ``img_size`` it was built for. They are kept as frozen ``nn.Parameter`` s
 (``requires_grad=False``), as in the official release, so they travel with the weights;

@@ -3,13 +3,20 @@
 *MLP-KAN: Unifying Deep Representation and Function Learning* (2024) embeds a
 mixture-of-experts feed-forward layer in a DeiT-style vision transformer: some experts
 are MLPs (representation learning) and some are KANs with FasterKAN's reflectional switch
-basis (function learning); a linear router picks the top-k experts per token and mixes
-their outputs with the softmax of the selected router scores.
+basis (function learning); a linear router (no bias) picks the top-k experts per token and
+mixes their outputs with the softmax of the selected router scores.
+
+As in the official release (``MoE_KAN_MLP``): 8 experts, 4 MLPs ``dim -> expert_hidden ->
+dim`` (GELU) and 4 FasterKANs ``dim -> expert_hidden // 2 -> dim``, with ``expert_hidden``
+192 at every DeiT size, top-2 routing. Each FasterKAN layer is LayerNorm, then the
+reflectional switch basis ``1 - tanh((x - c_k) / 0.33)^2`` on 8 centres in [-2, 2] and a
+linear map, without a base (SiLU) branch. The release trains without an auxiliary loss;
+a load-balancing term (fraction routed times mean gate probability, summed over the
+blocks) is available with ``aux_loss_weight > 0`` and is off by default.
 
 Deviation: every expert runs on every token and unselected outputs are weighted by zero
 (a dense formulation, exact for the output, simple, and the right speed trade-off for
-the few experts of the CPU-scale variants); ``MoEFeedForward.aux_loss`` holds the usual
-load-balancing term (fraction routed times mean gate probability) of the last pass.
+the few experts of the CPU-scale variants).
 """
 
 from __future__ import annotations
@@ -28,15 +35,21 @@ __all__ = ["MLPKAN", "MLPKANBlock", "MoEFeedForward"]
 
 
 class KANExpert(nn.Module):
-    """Two KAN layers dim -> hidden -> dim."""
+    """A two-layer FasterKAN dim -> hidden -> dim: each layer is LayerNorm, the basis, and a
+    linear map of the basis features (no base branch)."""
 
     def __init__(self, dim: int, hidden: int, basis: str, n_basis: int) -> None:
         super().__init__()
-        self.fc1 = KANLinear(dim, hidden, basis=basis, n_basis=n_basis)
-        self.fc2 = KANLinear(hidden, dim, basis=basis, n_basis=n_basis)
+        opts: dict[str, Any] = dict(n_basis=n_basis)
+        if basis == "rswaf":  # FasterKAN's grid and denominator
+            opts.update(grid_range=(-2.0, 2.0), width=0.33)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = KANLinear(dim, hidden, basis=basis, base_act=None, **opts)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.fc2 = KANLinear(hidden, dim, basis=basis, base_act=None, **opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1(x))
+        return self.fc2(self.norm2(self.fc1(self.norm1(x))))
 
 
 class MoEFeedForward(nn.Module):
@@ -47,12 +60,13 @@ class MoEFeedForward(nn.Module):
         dim: int,
         mlp_hidden: int,
         kan_hidden: int,
-        num_mlp_experts: int = 2,
-        num_kan_experts: int = 2,
+        num_mlp_experts: int = 4,
+        num_kan_experts: int = 4,
         top_k: int = 2,
         kan_basis: str = "rswaf",
         kan_n_basis: int = 8,
         drop: float = 0.0,
+        balance_loss: bool = False,
     ) -> None:
         super().__init__()
         n = num_mlp_experts + num_kan_experts
@@ -70,6 +84,7 @@ class MoEFeedForward(nn.Module):
         ]
         self.experts = nn.ModuleList(experts)
         self.num_mlp_experts = num_mlp_experts
+        self.balance_loss = balance_loss
         self.aux_loss = torch.zeros(())
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +96,7 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = self.gates(x)
         out = torch.stack([e(x) for e in self.experts], dim=-1)  # (..., C, E)
-        if self.training:
+        if self.training and self.balance_loss:
             probs = self.router(x).softmax(-1).reshape(-1, gates.shape[-1])
             routed = (gates.reshape(-1, gates.shape[-1]) > 0).float().mean(0)
             self.aux_loss = gates.shape[-1] * (routed * probs.mean(0)).sum()
@@ -108,7 +123,7 @@ class MLPKANBlock(nn.Module):
 class MLPKAN(ImageClassifier):
     """DeiT-style ViT (class token, learned positions) with MLP/KAN mixture-of-experts FFNs."""
 
-    width_args = ("embed_dim",)
+    width_args = ("embed_dim", "expert_hidden")
     depth_args = ("depth",)
     isotropic = True  # feature_info lists every block
 
@@ -118,14 +133,13 @@ class MLPKAN(ImageClassifier):
         embed_dim: int = 192,
         depth: int = 12,
         num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        kan_ratio: float = 1.0,
-        num_mlp_experts: int = 2,
-        num_kan_experts: int = 2,
+        expert_hidden: int = 192,
+        num_mlp_experts: int = 4,
+        num_kan_experts: int = 4,
         top_k: int = 2,
         kan_basis: str = "rswaf",
         kan_n_basis: int = 8,
-        aux_loss_weight: float = 0.01,
+        aux_loss_weight: float = 0.0,
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int = 224,
@@ -133,6 +147,12 @@ class MLPKAN(ImageClassifier):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if expert_hidden < 2:
+            raise ValueError(
+                f"expert_hidden must be >= 2 (KAN experts use half), got {expert_hidden}"
+            )
+        if aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {aux_loss_weight}")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.aux_loss_weight = aux_loss_weight
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -142,13 +162,14 @@ class MLPKAN(ImageClassifier):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         moe = dict(
-            mlp_hidden=int(embed_dim * mlp_ratio),
-            kan_hidden=max(1, int(embed_dim * kan_ratio)),
+            mlp_hidden=expert_hidden,
+            kan_hidden=expert_hidden // 2,
             num_mlp_experts=num_mlp_experts,
             num_kan_experts=num_kan_experts,
             top_k=top_k,
             kan_basis=kan_basis,
             kan_n_basis=kan_n_basis,
+            balance_loss=aux_loss_weight > 0,
         )
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*[MLPKANBlock(embed_dim, num_heads, moe, r) for r in rates])
@@ -168,7 +189,7 @@ class MLPKAN(ImageClassifier):
 
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
         """The weighted sum of the blocks' load-balancing terms from the last training
-        pass (None in eval mode or with ``aux_loss_weight=0``)."""
+        pass (None in eval mode or with ``aux_loss_weight=0``, the release's setting)."""
         if not (self.training and self.aux_loss_weight):
             return None
         return self.aux_loss_weight * sum((b.mlp.aux_loss for b in self.blocks), torch.zeros(()))
@@ -189,13 +210,15 @@ _PAPER = "MLP-KAN: Unifying Deep Representation and Function Learning"
 
 @register_model(ModelCard("mlp_kan", _PAPER, 2024, "kan", scale="other"))
 def mlp_kan_deit_tiny(**kwargs: Any) -> MLPKAN:
-    """DeiT-T layout with 2 MLP + 2 FasterKAN experts per block, top-2 routing."""
+    """DeiT-T layout with 4 MLP (hidden 192) + 4 FasterKAN (hidden 96) experts per block,
+    top-2 routing, as the release's ``deit_tiny_patch16_224_KAN`` (19.93M parameters)."""
     return build_model(MLPKAN, {}, kwargs)
 
 
 @register_model(ModelCard("mlp_kan", _PAPER, 2024, "kan", scale="cpu", img_size=32))
 def mlp_kan_pico(**kwargs: Any) -> MLPKAN:
-    """Patch 4, width 64, depth 4, 2 heads; 2 MLP and 2 KAN experts (KAN width 32), top-2."""
+    """Patch 4, width 64, depth 4, 2 heads; 4 MLP (hidden 64) and 4 KAN (hidden 32)
+    experts, top-2."""
     return build_model(
         MLPKAN,
         dict(
@@ -203,8 +226,7 @@ def mlp_kan_pico(**kwargs: Any) -> MLPKAN:
             embed_dim=64,
             depth=4,
             num_heads=2,
-            mlp_ratio=2.0,
-            kan_ratio=0.5,
+            expert_hidden=64,
             img_size=32,
         ),
         kwargs,

@@ -10,6 +10,13 @@ heads of 32 channels). For classification the attention is global over the stage
 The head pools, applies LayerNorm and a linear classifier. Shortcuts of downsampling
 blocks are 2x2 average pooling then a 1x1 conv where the width changes, as in the
 official deeplab2 code.
+
+Relative-position tables: the release learns a (2P-1) x (2P-1) table per head with
+P = 14 at stride 16 and P = 7 at stride 32 (``_STRIDE_16_POSITION_EMBEDDING_SIZE``,
+``_STRIDE_32_POSITION_EMBEDDING_SIZE`` in deeplab2's moat.py) and resizes it to the
+window; so at 224 the stage-3 tables are 27 x 27 and the stage-4 tables 13 x 13, which
+gives 27.85M parameters for MOAT-0 (the paper's 27.8M). Here P is the stage's grid at
+``img_size``, which equals the release's sizes at 224.
 """
 
 from __future__ import annotations

@@ -15,9 +15,13 @@ cells after each third ("N @ penultimate filters", e.g. 4 @ 1056 for NASNet-A Mo
 
 ScheduledDropPath: every operation except the identity is dropped per sample with a
 probability ``drop_path_rate * (cell + 1) / num_cells_total * progress``, growing with
-the cell's depth and linearly with training progress. ``set_drop_path_progress(p)``
-sets the progress (``p`` in [0, 1]); :class:`ScheduledDropPathCallback` does it from
-the trainer's step count. The default progress is 1 (the full, depth-scaled rate).
+the cell's depth and linearly with training progress (the release's
+``current_step / num_train_steps``, capped at 1). ``archbench.train.fit`` drives it:
+before every step it calls ``set_training_progress(steps done / total steps)``, so the
+first step drops nothing and the rate reaches ``drop_path_rate`` (depth-scaled) at the
+end of training; a resumed run picks the schedule up at its step. A model built
+outside ``fit`` starts at progress 1 (the full, depth-scaled rate); a hand-written loop
+calls ``set_drop_path_progress(p)`` (``p`` in [0, 1]) itself.
 
 Deviations: convolutions pad symmetrically (``k // 2``) where TF's SAME padding puts the
 extra row at the bottom/right on even inputs (same shapes and parameter count, shifted
@@ -43,7 +47,6 @@ __all__ = [
     "NASNet",
     "NASNetCell",
     "ScheduledDropPath",
-    "ScheduledDropPathCallback",
 ]
 
 # A genotype: five blocks of ((input, op), (input, op)) and the states concatenated as
@@ -382,23 +385,9 @@ class NASNet(ImageClassifier):
             if isinstance(m, ScheduledDropPath):
                 m.progress = float(progress)
 
-
-class ScheduledDropPathCallback:
-    """Trainer callback: sets a NASNet's drop-path progress to step / total steps."""
-
-    name = "scheduled_drop_path"
-
-    def _update(self, state: Any) -> None:
-        model = state.model
-        total = max(1, state.steps_per_epoch * state.recipe.epochs)
-        if hasattr(model, "set_drop_path_progress"):
-            model.set_drop_path_progress(min(1.0, state.step / total))
-
-    def on_fit_start(self, state: Any) -> None:
-        self._update(state)
-
-    def on_step_end(self, state: Any) -> None:
-        self._update(state)
+    def set_training_progress(self, progress: float) -> None:
+        """Called by the training loop with the fraction of optimizer steps done."""
+        self.set_drop_path_progress(min(1.0, max(0.0, float(progress))))
 
 
 _PAPER = "Learning Transferable Architectures for Scalable Image Recognition"

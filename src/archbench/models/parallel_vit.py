@@ -11,7 +11,9 @@ A "D x K" model (depth D, K parallel branches) has exactly the parameters of the
 sequential ViT of the same width and depth D*K; it is wider and shallower, so it runs
 with fewer sequential steps. Class token, learned position embedding over the patches
 (added before the class token is prepended), LayerScale, final LayerNorm, class-token
-head. Attention is ``archbench.layers.Attention`` (SDPA).
+head. The position embedding has no class-token slot on purpose: the release's
+``vit_models`` (DeiT-III, which the paper's models use) sizes it ``(1, num_patches, dim)``
+and adds it to the patch tokens only, unlike the original DeiT. Attention is ``archbench.layers.Attention`` (SDPA).
 """
 
 from __future__ import annotations

@@ -183,10 +183,13 @@ _SRC = "release (pycls model zoo) parameter count; design parameters from the pa
 
 # (w_0, w_a, w_m, depth, group_width) of the released models
 REGNET_PARAMS: dict[str, tuple[float, float, float, int, int]] = {
+    "regnetx_002": (24, 36.44, 2.49, 13, 8),
+    "regnety_002": (24, 36.44, 2.49, 13, 8),
     "regnetx_400mf": (24, 24.48, 2.54, 22, 16),
     "regnetx_1600mf": (80, 34.01, 2.25, 18, 24),
     "regnety_400mf": (48, 27.89, 2.09, 16, 8),
     "regnety_1600mf": (48, 20.71, 2.65, 27, 24),
+    "regnety_040": (96, 31.41, 2.24, 22, 64),
 }
 
 
@@ -256,6 +259,57 @@ def regnety_400mf(**kwargs: Any) -> RegNet:
 )
 def regnety_1600mf(**kwargs: Any) -> RegNet:
     return _regnet("regnety_1600mf", 0.25, kwargs)
+
+
+@register_model(
+    ModelCard(
+        "regnet",
+        _REGNET,
+        2020,
+        "cnn",
+        params_m=2.68,
+        gmacs=0.20,
+        top1=68.76,
+        source=_SRC + " (2.7M in the paper); top-1 of the released weights",
+    )  # fmt: skip
+)
+def regnetx_002(**kwargs: Any) -> RegNet:
+    """RegNetX-200MF (timm's name ``regnetx_002``)."""
+    return _regnet("regnetx_002", 0.0, kwargs)
+
+
+@register_model(
+    ModelCard(
+        "regnet",
+        _REGNET,
+        2020,
+        "cnn",
+        params_m=3.16,
+        gmacs=0.20,
+        top1=70.29,
+        source=_SRC + " (3.2M in the paper); top-1 of the released weights",
+    )  # fmt: skip
+)
+def regnety_002(**kwargs: Any) -> RegNet:
+    """RegNetY-200MF (timm's name ``regnety_002``)."""
+    return _regnet("regnety_002", 0.25, kwargs)
+
+
+@register_model(
+    ModelCard(
+        "regnet",
+        _REGNET,
+        2020,
+        "cnn",
+        params_m=20.65,
+        gmacs=4.00,
+        top1=79.25,
+        source=_SRC + " (20.6M in the paper); top-1 of the released weights",
+    )  # fmt: skip
+)
+def regnety_040(**kwargs: Any) -> RegNet:
+    """RegNetY-4.0GF (timm's name ``regnety_040``)."""
+    return _regnet("regnety_040", 0.25, kwargs)
 
 
 @register_model(ModelCard("regnet", _REGNET, 2020, "cnn", scale="cpu", img_size=32))

@@ -177,6 +177,22 @@ def res2net50_26w_4s(**kwargs: Any) -> Res2Net:
     return build_model(Res2Net, dict(layers=(3, 4, 6, 3), base_width=26, scale=4), kwargs)
 
 
+@register_model(
+    ModelCard(
+        "res2net",
+        _R2N,
+        2021,
+        "cnn",
+        params_m=45.21,
+        top1=79.19,
+        source="top-1 error 20.81 of the released Res2Net-101 26w x 4s weights; params of "
+        "the official release's res2net101_26w_4s (45.21M)",
+    )
+)
+def res2net101_26w_4s(**kwargs: Any) -> Res2Net:
+    return build_model(Res2Net, dict(layers=(3, 4, 23, 3), base_width=26, scale=4), kwargs)
+
+
 @register_model(ModelCard("res2net", _R2N, 2021, "cnn", scale="cpu", img_size=32))
 def res2net_pico(**kwargs: Any) -> Res2Net:
     """One Res2Net bottleneck per stage, widths 16-128 (x4 out), 4 scales, CIFAR stem."""

@@ -1,11 +1,13 @@
-"""ResNet, ResNeXt, SE-ResNet and ECA-ResNet.
+"""ResNet, ResNeXt, SE-ResNet, ECA-ResNet and SKNet.
 
 *Deep Residual Learning for Image Recognition* (He et al., 2016); *Aggregated Residual
 Transformations* (ResNeXt, 2017); *Squeeze-and-Excitation Networks* (2018); *ECA-Net*
-(2020). Channel attention enters a block through ``attn_layer`` (any name registered
-with ``archbench.layers.register_attn``: se, eca, cbam, gc, triplet, ulsam, sk, pkcam,
-lkca, ...). Other plug-ins each take one argument: ``conv_layer`` for the blocks' k x k
-convolutions (conv, ws, condconv, arconv), ``norm_layer`` (batchnorm; bcn, batch-channel
+(2020); *Selective Kernel Networks* (SKNet, 2019). Channel attention enters a block
+through ``attn_layer`` (any name registered with ``archbench.layers.register_attn``: se,
+eca, cbam, gc, triplet, ulsam, pkcam, lkca, ...). Other plug-ins each take one argument:
+``conv_layer`` for the blocks' k x k convolutions (conv, ws, condconv, arconv; sk, the
+selective kernel unit that SKNet puts in place of a bottleneck's 3x3 convolution with its
+norm and activation), ``norm_layer`` (batchnorm; bcn, batch-channel
 norm; ibn, IBN-a in the first norm of each block of stages 1-3), ``downsample`` (stride,
 or spd: space-to-depth then a non-strided convolution) and ``residual`` (plain, or LAuReL:
 laurel_rw, laurel_lr, laurel_rw_lr).
@@ -22,6 +24,7 @@ import torch.nn as nn
 from ..layers import DropPath, create_attn, drop_path_rates
 from ..layers.conv_variants import LaurelResidual, create_block_norm, create_conv
 from ..layers.helpers import init_kaiming_conv
+from ..layers.plugin_attn import SelectiveKernel
 from ._base import FeatureInfo, ImageClassifier, min_side_for_norms
 from ._registry import ModelCard, build_model, register_model
 
@@ -107,6 +110,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         if cardinality != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only cardinality=1 and base_width=64")
+        if opts.conv_layer == "sk":
+            raise ValueError(
+                "conv_layer='sk' replaces a bottleneck's 3x3 convolution (SKNet); "
+                "use block='bottleneck'"
+            )
         self.conv1 = _block_conv(cin, width, 3, stride, 1, opts.conv_layer, opts.spd)
         self.bn1 = create_block_norm(opts.first_norm, width)
         self.act1 = nn.ReLU(inplace=True)
@@ -147,9 +155,15 @@ class Bottleneck(nn.Module):
         self.conv1 = create_conv("ws" if ws else "conv", cin, mid, 1)
         self.bn1 = create_block_norm(opts.first_norm, mid)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = _block_conv(mid, mid, 3, stride, cardinality, opts.conv_layer, opts.spd)
-        self.bn2 = create_block_norm(opts.norm_layer, mid)
-        self.act2 = nn.ReLU(inplace=True)
+        if opts.conv_layer == "sk":
+            # SKNet: the SK unit (its branches carry their own BatchNorm and ReLU) in place
+            # of the 3x3 convolution, with the bottleneck's cardinality as its groups
+            self.conv2 = SelectiveKernel(mid, groups=cardinality, stride=stride)
+            self.bn2, self.act2 = nn.Identity(), nn.Identity()
+        else:
+            self.conv2 = _block_conv(mid, mid, 3, stride, cardinality, opts.conv_layer, opts.spd)
+            self.bn2 = create_block_norm(opts.norm_layer, mid)
+            self.act2 = nn.ReLU(inplace=True)
         self.conv3 = create_conv("ws" if ws else "conv", mid, out, 1)
         self.bn3 = create_block_norm(opts.norm_layer, out)
         self.downsample = downsample
@@ -168,10 +182,10 @@ class Bottleneck(nn.Module):
 
 
 def _zero_norm(norm: nn.Module) -> None:
-    """Zero the last affine scale of a block's final norm so the block starts as identity."""
-    affine = norm.gn if hasattr(norm, "gn") else norm
-    if getattr(affine, "weight", None) is not None:
-        nn.init.zeros_(affine.weight)
+    """Zero the last affine scale of a block's final norm so the block starts as identity
+    (for batch-channel norm: its per-group scale, the last one applied)."""
+    if getattr(norm, "weight", None) is not None:
+        nn.init.zeros_(norm.weight)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -223,6 +237,13 @@ class ResNet(ImageClassifier):
             raise ValueError(f"unknown residual {residual!r}; choose one of {RESIDUALS}")
         if norm_layer not in ("batchnorm", "bcn", "ibn"):
             raise ValueError(f"unknown norm_layer {norm_layer!r}; choose batchnorm, bcn or ibn")
+        if attn_layer == "sk":
+            raise ValueError(
+                "SK is not a channel-attention plug-in of ResNet: SKNet puts it in place of the "
+                "bottleneck's 3x3 convolution; pass conv_layer='sk' instead of attn_layer='sk'"
+            )
+        if conv_layer == "sk" and downsample == "spd":
+            raise ValueError("conv_layer='sk' does not combine with downsample='spd'")
         spd = downsample == "spd"
         block_cls = BLOCKS[block]
         self.num_classes = num_classes
@@ -461,6 +482,66 @@ def resnext_pico(**kwargs: Any) -> ResNet:
             stem_width=16,
             cardinality=8,
             base_width=4,
+            **_CPU,
+        ),
+        kwargs,
+    )
+
+
+_SKNET = "Selective Kernel Networks"
+_SKNET_SRC = "paper Table 2 (SKNet-50: 27.5M params, 4.47 GFLOPs, top-1 error 20.79)"
+
+
+@register_model(
+    ModelCard(
+        "sknet", _SKNET, 2019, "cnn", params_m=27.5, gmacs=4.47, top1=79.21, source=_SKNET_SRC
+    )
+)
+def sknet50(**kwargs: Any) -> ResNet:
+    """SKNet-50: ResNeXt-50 (32x4d) with SK[M=2, G=32, r=16] in place of every 3x3 conv."""
+    return _resnet(
+        dict(
+            layers=(3, 4, 6, 3),
+            block="bottleneck",
+            cardinality=32,
+            base_width=4,
+            conv_layer="sk",
+        ),
+        kwargs,
+    )
+
+
+@register_model(
+    ModelCard(
+        "sknet",
+        _SKNET,
+        2019,
+        "cnn",
+        params_m=27.5,
+        gmacs=4.47,
+        top1=79.21,
+        source=_SKNET_SRC,
+        notes="The paper's SKNet-50 is built on ResNeXt-50 (32x4d); this is the same "
+        "network under the name other libraries give it.",
+    )
+)
+def skresnext50_32x4d(**kwargs: Any) -> ResNet:
+    """SK-ResNeXt-50 (32x4d): the paper's SKNet-50."""
+    return sknet50(**kwargs)
+
+
+@register_model(ModelCard("sknet", _SKNET, 2019, "cnn", scale="cpu", img_size=32))
+def sknet_pico(**kwargs: Any) -> ResNet:
+    """One SK bottleneck per stage, widths 16-128 (x4 out), cardinality 8, CIFAR stem."""
+    return _resnet(
+        dict(
+            layers=(1, 1, 1, 1),
+            block="bottleneck",
+            widths=(16, 32, 64, 128),
+            stem_width=16,
+            cardinality=8,
+            base_width=4,
+            conv_layer="sk",
             **_CPU,
         ),
         kwargs,

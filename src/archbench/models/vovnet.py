@@ -15,6 +15,13 @@ the public ImageNet-trained VoVNetV2-39 / -57; ``ese_blocks="all"`` puts it in e
 Stem: 3x3/2 (64), 3x3 (64), 3x3/2 (128). Stages 2-5 have 128/160/192/224 channels inside
 the OSA modules and 256/512/768/1024 outputs; stages 3-5 start with a 3x3/2 max-pool.
 VoVNet-39 has 1/1/2/2 modules per stage, VoVNet-57 1/1/4/3.
+
+``depthwise=True`` gives the depthwise-separable VoVNetV2-19-DW of CenterMask-Lite
+(``ese_vovnet19b_dw``): the two later stem convolutions and every 3x3 convolution of the
+OSA modules become a 3x3 depthwise convolution followed by a 1x1 convolution, BN and
+ReLU; a module whose input width differs from its inner width first reduces it with a
+1x1 convolution (the concatenation still takes the module's unreduced input), and the
+OSA modules have three layers, one module per stage and a 64-wide stem.
 """
 
 from __future__ import annotations
@@ -45,8 +52,21 @@ class EffectiveSE(nn.Module):
         return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
 
 
+class SeparableConvNormAct(nn.Sequential):
+    """3x3 depthwise convolution (no bias, no norm), then 1x1 convolution, BN and ReLU."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, stride, 1, groups=in_chs, bias=False)
+        self.conv_pw = ConvNormAct(in_chs, out_chs, 1)
+
+
 class OsaBlock(nn.Module):
-    """One-Shot Aggregation: 3x3 conv chain, concatenate input and all outputs once, 1x1 fuse."""
+    """One-Shot Aggregation: 3x3 conv chain, concatenate input and all outputs once, 1x1 fuse.
+
+    With ``depthwise=True`` the chain is of depthwise-separable convolutions, after a 1x1
+    reduction to ``mid_chs`` when the input is wider or narrower.
+    """
 
     def __init__(
         self,
@@ -57,15 +77,24 @@ class OsaBlock(nn.Module):
         ese: bool,
         residual: bool,
         drop_path: float,
+        depthwise: bool = False,
     ) -> None:
         super().__init__()
         if residual and in_chs != out_chs:
             raise ValueError(
                 f"an identity shortcut needs in_chs == out_chs ({in_chs} != {out_chs})"
             )
-        self.convs = nn.ModuleList(
-            ConvNormAct(in_chs if i == 0 else mid_chs, mid_chs, 3) for i in range(layers)
-        )
+        self.reduce: nn.Module = nn.Identity()
+        if depthwise:
+            if in_chs != mid_chs:
+                self.reduce = ConvNormAct(in_chs, mid_chs, 1)
+            self.convs = nn.ModuleList(
+                SeparableConvNormAct(mid_chs, mid_chs) for _ in range(layers)
+            )
+        else:
+            self.convs = nn.ModuleList(
+                ConvNormAct(in_chs if i == 0 else mid_chs, mid_chs, 3) for i in range(layers)
+            )
         self.concat_chs = in_chs + layers * mid_chs
         self.fuse = ConvNormAct(self.concat_chs, out_chs, 1)
         self.attn = EffectiveSE(out_chs) if ese else nn.Identity()
@@ -74,7 +103,7 @@ class OsaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
-        y = x
+        y = self.reduce(x)
         for conv in self.convs:
             y = conv(y)
             feats.append(y)
@@ -102,6 +131,7 @@ class VoVNet(ImageClassifier):
         ese: bool = False,
         ese_blocks: str = "last",
         residual: bool = False,
+        depthwise: bool = False,
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int = 224,
@@ -123,11 +153,18 @@ class VoVNet(ImageClassifier):
             reject_drop_path(drop_path_rate, "VoVNet", "" if residual else " (residual=False)")
         self.num_classes, self.in_chans = num_classes, in_chans
         s = 2 if stem == "imagenet" else 1
-        self.stem = nn.Sequential(
-            ConvNormAct(in_chans, stem_widths[0], 3, s),
-            ConvNormAct(stem_widths[0], stem_widths[1], 3),
-            ConvNormAct(stem_widths[1], stem_widths[2], 3, s),
-        )
+        if depthwise:
+            self.stem = nn.Sequential(
+                ConvNormAct(in_chans, stem_widths[0], 3, s),
+                SeparableConvNormAct(stem_widths[0], stem_widths[1]),
+                SeparableConvNormAct(stem_widths[1], stem_widths[2], s),
+            )
+        else:
+            self.stem = nn.Sequential(
+                ConvNormAct(in_chans, stem_widths[0], 3, s),
+                ConvNormAct(stem_widths[0], stem_widths[1], 3),
+                ConvNormAct(stem_widths[1], stem_widths[2], 3, s),
+            )
         reduction = s * s
         dpr = drop_path_rates(drop_path_rate, depths)
         cin, stages, self.feature_info = stem_widths[2], [], []
@@ -146,6 +183,7 @@ class VoVNet(ImageClassifier):
                         ese and (ese_blocks == "all" or j == depths[i] - 1),
                         residual and j > 0,
                         dpr[i][j],
+                        depthwise,
                     )  # fmt: skip
                 )
                 cin = out_widths[i]
@@ -227,6 +265,28 @@ def vovnet39_v2(**kwargs: Any) -> VoVNet:
 )
 def vovnet57_v2(**kwargs: Any) -> VoVNet:
     return build_model(VoVNet, dict(depths=(1, 1, 4, 3), **_V2), kwargs)
+
+
+@register_model(
+    ModelCard(
+        "vovnet",
+        _CM,
+        2020,
+        "cnn",
+        params_m=6.54,
+        top1=76.83,
+        source="timm's ese_vovnet19b_dw (VoVNetV2-19-DW of CenterMask-Lite, eSE on every "
+        "stage's module): 6.54M parameters, top-1 of its ra_in1k weights at 224; the paper "
+        "gives no ImageNet figures",
+    )  # fmt: skip
+)
+def ese_vovnet19b_dw(**kwargs: Any) -> VoVNet:
+    return build_model(
+        VoVNet,
+        dict(depths=(1, 1, 1, 1), layers_per_block=3, stem_widths=(64, 64, 64), depthwise=True,
+             **_V2),
+        kwargs,
+    )  # fmt: skip
 
 
 @register_model(ModelCard("vovnet", _CM, 2020, "cnn", scale="cpu", img_size=32))

@@ -32,6 +32,11 @@ What it writes in ``out_dir``::
     checkpoints/best.safetensors   weights of the epoch with the best monitored validation metric
     fit_result.json            the FitResult of the latest call
 
+A model that schedules itself by training progress (NASNet-A's scheduled drop path)
+defines ``set_training_progress(fraction)``; the loop calls it before every step with
+the fraction of optimizer steps done (0 at the first step) and after every step, so it
+reads 1 once the run's last step is done, and a resumed run continues the schedule.
+
 Reproducibility: every epoch reseeds the global RNG (dropout, drop-path) and an
 augmentation generator from (seed, epoch), and the shuffling order is a function of
 (seed, epoch). A mid-epoch checkpoint also stores both generators' states, so a resumed
@@ -194,6 +199,8 @@ def fit(
         )
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    # batch size, flips, warm-up and length fitted to this data (archbench.train.recipe)
+    recipe = recipe.for_data(data)
     if task is None:
         task = create_task(recipe.task, recipe.task_args)
     elif not isinstance(task, Task):
@@ -270,6 +277,13 @@ class _Run:
             final_val=None,
             status="running",
         )
+
+    def report_progress(self) -> None:
+        """``model.set_training_progress(steps done / total steps)``, for models that have it."""
+        fn = getattr(self.model, "set_training_progress", None)
+        if callable(fn):
+            total = self.recipe.schedule_steps(len(self.loader))[0]
+            fn(min(1.0, self.s["step"] / total))
 
     def call(self, hook: str, *args: Any) -> None:
         for receiver in self.hooks:
@@ -371,13 +385,18 @@ class _Run:
             stop_reason = self.train_epoch()
             if s["status"] == "failed_nan":
                 break
-            if s["step_in_epoch"] < len(self.loader):  # stopped inside the epoch
+            if s["step_in_epoch"] < len(self.loader) and not self.steps_done():
+                # stopped inside the epoch
                 s["train_time_s"] = self.elapsed()
                 s["status"] = stop_reason or "stopped"
                 self.save_last()
                 break
             self.end_epoch(stop_reason)
         return self.finish()
+
+    def steps_done(self) -> bool:
+        """Whether a recipe with a fixed ``total_steps`` has made all of them."""
+        return bool(self.recipe.total_steps) and self.s["step"] >= self.recipe.total_steps
 
     def elapsed(self) -> float:
         return self.time_before + time.perf_counter() - self.t_call
@@ -432,6 +451,7 @@ class _Run:
             lr = recipe.lr_at(s["step"], spe)
             set_lr(self.optimizer, lr)
             state.lr = lr
+            self.report_progress()
             self.call("on_train_batch_start", state, batch)
             with autocast(recipe.precision, self.dev):
                 outputs = task.step(batch, state)
@@ -459,11 +479,14 @@ class _Run:
             s["data_time_s"] += t1 - t0
             state.step, state.step_in_epoch, state.loss = s["step"], s["step_in_epoch"], loss_value
             state.outputs = outputs
+            self.report_progress()
             self.call("on_step_end", state)
             if bar is not None:
                 bar.update(1)
                 if s["step_in_epoch"] % 10 == 0:
                     bar.set_postfix(loss=f"{part['loss'] / part['n']:.3f}", lr=f"{lr:.2g}")
+            if self.steps_done():
+                break  # a steps or compute budget: the run ends inside its last epoch
             if self.max_seconds is not None and self.elapsed() >= self.max_seconds:
                 stop_reason = "stopped_time"
             elif state.stop:

@@ -9,6 +9,7 @@ a later ``evaluate`` of its checkpoint agree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -57,13 +58,16 @@ def evaluate(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     precision: str = "fp32",
-) -> dict[str, float]:
+    per_sample: bool = False,
+) -> dict[str, Any]:
     """Top-1, top-5 (top-k for k = min(5, classes)), mean cross-entropy and count.
 
     Accuracies are fractions in [0, 1]. ``data``: a :class:`DataBundle` (its ``split``),
     an :class:`ImageTensorDataset` (normalized with ``mean``/``std`` or the bundle's),
     any map-style dataset of ``(image, label)``, or an iterable of ``(images, labels)``
     batches ready for the model. The model's train/eval mode is restored afterwards.
+    ``per_sample``: also return ``"correct"``, a boolean tensor with one entry per sample
+    in the data's order (top-1 right or wrong), for the test set's sampling noise.
     """
     if isinstance(data, DataBundle):
         data = data.split(split)
@@ -77,6 +81,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0}
+    correct: list[torch.Tensor] = []
     try:
         for x, y in batches:
             x, y = x.to(dev), torch.as_tensor(y).to(dev)
@@ -84,12 +89,22 @@ def evaluate(
                 logits = model(x)
             for k, v in classification_metrics(logits, y).items():
                 sums[k] += v
+            if per_sample:  # the same top-1 rule as classification_metrics
+                correct.append((logits.float().topk(1, dim=-1).indices[:, 0] == y).cpu())
     finally:
         model.train(was_training)
     n = int(sums["n"])
     if n == 0:
         raise ValueError("evaluate: the data holds no samples")
-    return {"top1": sums["top1"] / n, "top5": sums["top5"] / n, "loss": sums["loss"] / n, "n": n}
+    out: dict[str, Any] = {
+        "top1": sums["top1"] / n,
+        "top5": sums["top5"] / n,
+        "loss": sums["loss"] / n,
+        "n": n,
+    }
+    if per_sample:
+        out["correct"] = torch.cat(correct)
+    return out
 
 
 def check_model_data(model: nn.Module, data: DataBundle, *, logits: bool = True) -> None:

@@ -1,5 +1,31 @@
 """Training recipes: one validated dataclass, YAML/JSON round-trip, named recipes shipped
-in ``archbench/recipes/*.yaml``."""
+in ``archbench/recipes/*.yaml``, and the rules that fit a recipe to the data it trains on.
+
+:meth:`Recipe.for_data` resolves a recipe against a dataset before training (``fit`` calls
+it, so the frozen ``recipe.yaml`` of every run holds the resolved values):
+
+1. Length in steps. ``steps_per_epoch = n_train // batch_size`` (the last partial batch
+   is dropped); ``total_steps`` is ``epochs x steps_per_epoch`` unless the recipe fixes
+   ``total_steps`` (a steps or training-compute budget), in which case ``epochs`` becomes
+   ``ceil(total_steps / steps_per_epoch)`` and the last epoch stops at ``total_steps``.
+2. Warm-up in steps, capped. ``warmup_steps = min(round(warmup_epochs x steps_per_epoch),
+   floor(warmup_max_frac x total_steps))``: a one-epoch warm-up cannot take a third of a
+   three-epoch run. The cosine decay spans the remaining steps.
+3. Batch size for small data (``adapt``). While an epoch would have fewer than
+   ``min_steps_per_epoch`` steps and the batch is above ``min_batch_size``, the batch is
+   halved. The learning rate follows the batch: linearly for SGD (Goyal et al., 2017,
+   "Accurate, Large Minibatch SGD"), with the square root for AdamW (Malladi et al., 2022,
+   "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms").
+4. Horizontal flips only for mirror-invariant data (``adapt``). A dataset says whether it
+   is (``DataBundle.mirror_invariant``): ``shapes`` and CIFAR are, ``digits`` is not, and
+   ``folder:`` / ``npz:`` data is not unless its spec says so (``flip=1``). Otherwise
+   ``hflip`` is set to 0.
+
+``adapt: false`` keeps batch size, learning rate and flips exactly as written (rules 1
+and 2 always apply: they only express the schedule in steps). What the rules changed is
+listed in the recipe's ``resolved`` mapping, with the values as written, so resolving a
+resolved recipe again (for the same or for other data) starts from the written values.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +77,7 @@ class Recipe:
     eps: float = 1e-8
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
+    warmup_max_frac: float = 0.1
     warmup_lr_ratio: float = 0.01
     min_lr_ratio: float = 0.01
     grad_clip: float = 0.0
@@ -73,8 +100,13 @@ class Recipe:
     seed: int = 0
     deterministic: bool = True
     checkpoint_every_steps: int = 0
+    total_steps: int = 0
+    adapt: bool = True
+    min_steps_per_epoch: int = 0
+    min_batch_size: int = 16
     task: str = "classification"
     task_args: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -102,6 +134,7 @@ class Recipe:
             "min_lr_ratio",
             "momentum",
             "ema_decay",
+            "warmup_max_frac",
         )
         for key in unit:
             if not 0.0 <= getattr(self, key) <= 1.0:
@@ -120,6 +153,8 @@ class Recipe:
             "cutout",
             "crop_pad",
             "checkpoint_every_steps",
+            "total_steps",
+            "min_steps_per_epoch",
         ):
             if getattr(self, key) < 0:
                 raise ValueError(f"recipe {key} must be >= 0, got {getattr(self, key)}")
@@ -132,6 +167,8 @@ class Recipe:
             raise ValueError(
                 f"recipe crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}"
             )
+        if self.min_batch_size < 1:
+            raise ValueError(f"recipe min_batch_size must be >= 1, got {self.min_batch_size}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"recipe betas must be in [0, 1), got {self.betas}")
         from .tasks import check_task
@@ -199,10 +236,19 @@ class Recipe:
         return p
 
     # ----- derived -----------------------------------------------------------------
+    def schedule_steps(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(total optimizer steps, warm-up steps) of a run with ``steps_per_epoch``.
+
+        The warm-up is ``warmup_epochs`` of steps, capped at ``warmup_max_frac`` of the run.
+        """
+        total = self.total_steps or self.epochs * steps_per_epoch
+        total = max(1, total)
+        warm = int(round(self.warmup_epochs * steps_per_epoch))
+        return total, min(warm, int(math.floor(self.warmup_max_frac * total)))
+
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """Learning rate at optimizer step ``step`` (0-based)."""
-        total = max(1, self.epochs * steps_per_epoch)
-        warm = min(total, int(round(self.warmup_epochs * steps_per_epoch)))
+        total, warm = self.schedule_steps(steps_per_epoch)
         if step < warm:
             r = self.warmup_lr_ratio + (1 - self.warmup_lr_ratio) * step / warm
             return self.lr * r
@@ -211,6 +257,74 @@ class Recipe:
         t = (step - warm) / max(1, total - warm)
         cos = 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
+
+    def for_data(self, data: Any) -> Recipe:
+        """This recipe resolved against ``data`` (a ``DataBundle``): see the module docstring.
+
+        Only ``len(data.train)`` and ``data.mirror_invariant`` (default true) are read.
+        """
+        written = dict(self.resolved.get("written", {}))
+        base = self.replace(**written, resolved={}) if written else self.replace(resolved={})
+        n_train = len(data.train)
+        mirror = bool(getattr(data, "mirror_invariant", True))
+        changes: dict[str, Any] = {}
+        notes: list[str] = []
+        batch = base.batch_size
+        if base.adapt and base.min_steps_per_epoch > 0:
+            while n_train // batch < base.min_steps_per_epoch and batch // 2 >= base.min_batch_size:
+                batch //= 2
+            if batch != base.batch_size:
+                power = 1.0 if base.optimizer == "sgd" else 0.5
+                lr = base.lr * (batch / base.batch_size) ** power
+                changes.update(batch_size=batch, lr=float(f"{lr:.6g}"))
+                notes.append(
+                    f"batch_size {base.batch_size} -> {batch}: {n_train} training images give "
+                    f"{n_train // base.batch_size} steps per epoch, fewer than "
+                    f"min_steps_per_epoch={base.min_steps_per_epoch}; lr {base.lr:g} -> "
+                    f"{changes['lr']:g} ({'linear' if power == 1 else 'square-root'} scaling "
+                    f"for {base.optimizer})"
+                )
+        if base.adapt and not mirror and base.hflip > 0:
+            changes["hflip"] = 0.0
+            notes.append(
+                f"hflip {base.hflip:g} -> 0: the data is not mirror-invariant (add flip=1 to "
+                "the data spec if it is, or set adapt: false)"
+            )
+        spe = n_train // batch
+        if spe < 1:
+            raise ValueError(
+                f"the training split has {n_train} images, fewer than one batch of {batch}; "
+                "lower batch_size or add images"
+            )
+        if base.total_steps:
+            epochs = -(-base.total_steps // spe)
+            if epochs != base.epochs:
+                changes["epochs"] = epochs
+                notes.append(
+                    f"epochs {base.epochs} -> {epochs}: total_steps={base.total_steps} at "
+                    f"{spe} steps per epoch (the last epoch stops at total_steps)"
+                )
+        resolved = base.replace(**changes)
+        total, warm = resolved.schedule_steps(spe)
+        asked = int(round(resolved.warmup_epochs * spe))
+        if warm < asked:
+            notes.append(
+                f"warm-up {asked} -> {warm} steps: capped at warmup_max_frac="
+                f"{resolved.warmup_max_frac:g} of {total} steps"
+            )
+        info = {
+            "n_train": n_train,
+            "mirror_invariant": mirror,
+            "steps_per_epoch": spe,
+            "total_steps": total,
+            "warmup_steps": warm,
+            "rules": notes,
+            "written": {k: getattr(base, k) for k in changes},
+        }
+        info["written"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in info["written"].items()
+        }
+        return resolved.replace(resolved=info)
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
