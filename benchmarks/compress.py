@@ -37,7 +37,9 @@ METHODS = {
 }
 
 
-def bench(models: list[str], methods: list[str], batch: int, repeats: int) -> list[dict]:
+def bench(
+    models: list[str], methods: list[str], batch: int, repeats: int, out: Path | None = None
+) -> list[dict]:
     from archbench.compress import CompressContext, create_compressor
     from archbench.compress.measure import measure_compressed, speedups
     from archbench.models import create_model
@@ -99,6 +101,8 @@ def bench(models: list[str], methods: list[str], batch: int, repeats: int) -> li
                 f"x{ratio['latency_speedup']:.2f}, throughput x{ratio['throughput_speedup']:.2f}",
                 flush=True,
             )
+        if out is not None:  # after every model, so a long sweep keeps what it measured
+            out.write_text(json.dumps({"rows": rows}, indent=1, default=str) + "\n")
     return rows
 
 
@@ -163,10 +167,9 @@ def main() -> None:
         path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
         print(survey_table(records))
         return
-    rows = bench(args.models, args.methods, args.batch, args.repeats)
     out = ROOT / "benchmarks" / "results" / "compress.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows}, indent=1, default=str) + "\n")
+    bench(args.models, args.methods, args.batch, args.repeats, out)
     print(f"wrote {out}")
 
 

@@ -2,7 +2,7 @@
 pruning method (OPTIN, EViT, SiT, TAS, PreCropping, DRESS, RD pruning, AP, N2N) on CPU
 variants trained briefly on the embedded ``shapes`` set.
 
-    python benchmarks/compress_seed_methods.py [--epochs 3] [--threads 1] [--out PATH]
+    python benchmarks/compress_seed_methods.py [--epochs 3] [--threads 1] [--models M,..]
 
 Writes ``benchmarks/results/compress_seed_methods.json``: one record per method with the
 before and after figures of ``archbench.compress.measure`` and their ratios. Unstructured
@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default="shapes:n_train=1024,n_val=256,n_test=256")
     p.add_argument("--out", default="benchmarks/results/compress_seed_methods.json")
+    p.add_argument("--models", default=",".join(METHODS), help="comma-separated subset")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.data, seed=0)
@@ -79,7 +80,8 @@ def main() -> None:
     size = tuple(data.train.images.shape[2:])
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, methods in METHODS.items():
+        for name in args.models.split(","):
+            methods = METHODS[name]
             torch.manual_seed(0)
             base = create_model(name, num_classes=data.num_classes, img_size=size[0])
             init_state = copy.deepcopy(base.state_dict())

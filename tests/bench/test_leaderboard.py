@@ -181,3 +181,12 @@ def test_bad_interval_method():
 def test_pareto_front():
     pts = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (0.5, 40.0), (2.0, 59.0)]
     assert pareto_front(pts) == [3, 0, 1]
+
+
+def test_compare_spec_takes_the_interval_method_outside_its_identity():
+    from archbench.bench.compare import CompareSpec
+
+    with pytest.raises(ValueError, match="interval must be one of t, percentile, bca, got 'z'"):
+        CompareSpec.from_dict({"models": ["resnet_pico"], "interval": "z"})
+    spec = CompareSpec.from_dict({"models": ["resnet_pico"], "interval": "bca"})
+    assert spec.identity() == CompareSpec.from_dict({"models": ["resnet_pico"]}).identity()

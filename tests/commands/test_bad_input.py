@@ -116,6 +116,13 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
     ],
     "train": [
         ("misspelt model", on_tiny(models=("resnet_picoo",)), r"resnet_pico"),
+        ("pickled --pretrained", on_tiny("--pretrained", "{tmp}/w.pth"), r"never unpickles"),
+        ("missing --pretrained", on_tiny("--pretrained", "{tmp}/w.safetensors"), r"not found"),
+        (
+            "--pretrained not safetensors",
+            on_tiny("--pretrained", "{file}"),
+            r"not a readable safetensors file",
+        ),
         ("zero epochs", on_tiny("--epochs", "0"), r"--epochs"),
         ("negative epochs", on_tiny("--epochs", "-3"), r"--epochs"),
         ("zero batch", on_tiny("--batch-size", "0"), r"--batch-size"),
@@ -214,6 +221,13 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("no model", on_tiny(models=()), r"at least one MODEL"),
         ("misspelt model", on_tiny(models=("resnet_pico", "vit_picoo")), r"vit_picoo"),
         ("model twice", on_tiny(models=("resnet_pico", "resnet_pico")), r"twice"),
+        ("malformed --pretrained", on_tiny("--pretrained", "w.safetensors"), r"MODEL=FILE"),
+        (
+            "--pretrained for another model",
+            on_tiny("--pretrained", "vit_pico={file}"),
+            r"pretrained names models not in the comparison",
+        ),
+        ("pickled --pretrained", on_tiny("--pretrained", "resnet_pico={tmp}/w.bin"), r"unpickles"),
         ("zero epochs", on_tiny("--epochs", "0"), r"--epochs"),
         ("zero seeds", on_tiny("--seeds", "0"), r"--seeds"),
         ("zero jobs", on_tiny("--jobs", "0"), r"--jobs"),

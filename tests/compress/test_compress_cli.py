@@ -34,8 +34,9 @@ def _run(tmp_path, model: str, **kwargs):
     return run
 
 
-def _compress(run, out, method, *args):
+def _compress(run, out, method, *args, finetune=0):
     argv = ["compress", str(run), "--method", method, "--out", str(out), "--repeats", "2"]
+    argv += ["--finetune-epochs", str(finetune)]
     argv += ["--batch", "8", "--threads", "1", "--throughput-seconds", "0.1", "--json"]
     if args:
         argv += ["--arg", *args]
@@ -58,12 +59,15 @@ def test_registry_lists_the_methods_and_their_arguments():
 
 
 def test_structured_end_to_end_and_the_result_reloads(tmp_path):
-    rec = _compress(_run(tmp_path, "resnet_pico"), tmp_path / "out", "structured", "ratio=0.5")
+    run = _run(tmp_path, "resnet_pico")
+    rec = _compress(run, tmp_path / "out", "structured", "ratio=0.5", finetune=1)
     b, a = rec["before"], rec["after"]
     assert a["params"] < b["params"] / 2 and a["macs"] < b["macs"] / 2
     assert a["file_bytes"] < b["file_bytes"] / 2
     assert rec["speedup"]["macs_speedup"] > 2 and "latency_speedup" in rec["speedup"]
     assert not rec["simulated"] and rec["needs_finetune"]
+    assert rec["finetune"]["status"] == "completed" and rec["finetune"]["best_epoch"] == 1
+    assert (tmp_path / "out" / "finetune" / "checkpoints" / "best.safetensors").is_file()
     model, info = load_trained(tmp_path / "out")  # rebuilt from model.json's structure
     assert info["structure"]["shapes"]
     assert sum(p.numel() for p in model.parameters()) == a["params"]
@@ -108,6 +112,8 @@ def test_quantune_chooses_by_the_tree_model_and_the_best_measured(tmp_path):
 
 
 def test_quantune_end_to_end(tmp_path):
-    rec = _compress(_run(tmp_path, "resnet_pico"), tmp_path / "out", "quantune", "trials=4")
-    assert rec["simulated"] and len(rec["info"]["trials"]) == 4
+    rec = _compress(
+        _run(tmp_path, "resnet_pico"), tmp_path / "out", "quantune", "trials=2", "initial=1"
+    )
+    assert rec["simulated"] and len(rec["info"]["trials"]) == 2
     assert rec["after"]["macs"] == rec["before"]["macs"]

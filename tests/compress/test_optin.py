@@ -11,6 +11,7 @@ import torch
 from _prune_helpers import tiny_context, tiny_data
 
 from archbench import create_model
+from archbench.bench.measure import count_flops
 from archbench.compress import create_compressor
 from archbench.compress.optin import (
     _rescale_kl,
@@ -106,6 +107,9 @@ def test_pruning_equals_masking_and_shrinks():
     assert pruned.blocks[0].attn.qkv.out_features == 3 * 2 * 32
     n_params = sum(p.numel() for p in pruned.parameters())
     assert n_params < sum(p.numel() for p in model.parameters())
+    # the FLOP counter runs through bias-only branches, and the MACs fall
+    macs = count_flops(pruned, (16, 16))["macs"]
+    assert macs < count_flops(model, (16, 16))["macs"]
 
 
 def test_compressor_end_to_end():

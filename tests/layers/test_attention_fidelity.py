@@ -49,6 +49,16 @@ def test_ulsam_subspace_matches_the_release():
     torch.manual_seed(0)
     m = create_attn("ulsam", 8, groups=2).eval()
     _randomize_bn(m)
+    with torch.no_grad():  # centre the attention logits so that some are negative
+        m.pw_bn.running_mean.zero_()
+        m.pw_bn.running_var.fill_(1.0)
+        m.pw_bn.bias.zero_()
+        m.pw.weight.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0]).repeat(2, 1).view(2, 4, 1, 1))
+        m.pw.bias.zero_()
+        m.dw.weight.fill_(1.0)  # keep every channel alive through the first ReLU
+        m.dw.bias.zero_()
+        m.dw_bn.running_mean.zero_()
+        m.dw_bn.bias.zero_()
     x = torch.randn(2, 8, 5, 6)
     out = m(x)
     for g in range(2):
@@ -65,10 +75,10 @@ def test_ulsam_subspace_matches_the_release():
         z = F.max_pool2d(F.relu(z), 3, 1, 1)
         p = (z * m.pw.weight[g, :, 0, 0][None, :, None, None]).sum(1) + m.pw.bias[g]
         pb = m.pw_bn
-        p = F.relu(
-            (p - pb.running_mean[g]) / torch.sqrt(pb.running_var[g] + pb.eps) * pb.weight[g]
-            + pb.bias[g]
-        )
+        p = (p - pb.running_mean[g]) / torch.sqrt(pb.running_var[g] + pb.eps) * pb.weight[g]
+        p = p + pb.bias[g]
+        assert (p < 0).any() and (p > 0).any()  # the ReLU before the softmax matters here
+        p = F.relu(p)
         attn = p.flatten(1).softmax(-1).view(2, 1, 5, 6)
         torch.testing.assert_close(out[:, sl], xs * attn + xs)
 

@@ -20,7 +20,7 @@ from archbench.train.tasks import Batch
 SHAPES = "shapes:num_classes=5,n_train=512,n_val=64,n_test=256,img_size=16"
 # rotations of the shapes set carry no signal (its objects are drawn at every angle);
 # handwritten digits have an upright orientation to predict
-DIGITS = "digits:img_size=16"
+DIGITS = "digits:img_size=16,test_frac=0.6"
 MODEL = "resnet_pico"
 
 METHODS = [

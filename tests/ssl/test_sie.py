@@ -99,3 +99,30 @@ def test_fit_runs(tmp_path):
     res = fit(model, data, recipe, tmp_path, progress=False)
     assert res.status == "completed"
     assert np.isfinite(res.history[-1]["val_loss"])
+
+
+def test_short_pretraining_beats_random_init_on_a_linear_probe(tmp_path):
+    from archbench.ssl.probe import probe
+
+    data = load_dataset("shapes:num_classes=5,n_train=512,n_val=64,n_test=256,img_size=16", seed=0)
+
+    def fresh():
+        torch.manual_seed(0)
+        return create_model("resnet_pico", num_classes=data.num_classes, img_size=16)
+
+    def linear(model):
+        return probe(model, data, kind="linear", weight_decays=(1e-4, 1e-2))["linear"]["acc"]
+
+    baseline = linear(fresh())
+    model = fresh()
+    recipe = load_recipe("cpu-fast").replace(
+        epochs=3,
+        batch_size=64,
+        warmup_epochs=0,
+        lr=5e-3,
+        seed=0,
+        task="sie",
+        task_args={"expander_width": 128},
+    )
+    assert fit(model, data, recipe, tmp_path, progress=False).status == "completed"
+    assert linear(model) > baseline + 0.03

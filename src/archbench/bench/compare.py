@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -81,6 +82,9 @@ class CompareSpec:
     # model pretrained by each self-supervised method, all scored by one probe
     # (see archbench.bench.pretrain_axis)
     pretrain: dict[str, Any] | None = None
+    # {MODEL: FILE | hf-hub:ORG/NAME}: each listed model runs twice, from scratch and
+    # fine-tuned from these weights (entry "MODEL + pretrained"); see models.pretrained
+    pretrained: dict[str, str] = field(default_factory=dict)
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
@@ -101,6 +105,7 @@ class CompareSpec:
         "task_args": dict,
         "distill": (dict, type(None)),
         "pretrain": (dict, type(None)),
+        "pretrained": dict,
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
@@ -147,6 +152,22 @@ class CompareSpec:
         if unknown_kw:
             raise ValueError(
                 f"model_kwargs names models not in the comparison: {sorted(unknown_kw)}"
+            )
+        unknown_pt = set(self.pretrained) - set(self.models)
+        if unknown_pt:
+            raise ValueError(
+                f"pretrained names models not in the comparison: {sorted(unknown_pt)}; "
+                "give each listed model's weights as MODEL: FILE|hf-hub:ORG/NAME"
+            )
+        if not all(isinstance(v, str) and v for v in self.pretrained.values()):
+            raise TypeError(
+                "spec key 'pretrained' must map model names to a .safetensors path or "
+                "'hf-hub:ORG/NAME'"
+            )
+        if self.pretrained and self.pretrain is not None:
+            raise ValueError(
+                "a comparison has either a pretrain (self-supervised) axis or pretrained "
+                "weights, not both"
             )
 
     @property
@@ -196,6 +217,8 @@ class CompareSpec:
             del d["task"], d["task_args"]
         if d["pretrain"] is None:
             del d["pretrain"]
+        if not d["pretrained"]:
+            del d["pretrained"]
         if d["distill"] is None:
             del d["distill"]
         return d
@@ -308,7 +331,12 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                         check(meta_model)
                 except ValueError as err:
                     raise ValueError(f"student {name} with {method}: {err}") from None
-        for method, entry_recipe in entries:
+        if name in spec.pretrained:  # a missing or pickled file fails before any training
+            from ..models.pretrained import resolve_pretrained
+
+            resolve_pretrained(spec.pretrained[name])
+        inits = [None, spec.pretrained[name]] if name in spec.pretrained else [None]
+        for (method, entry_recipe), init in itertools.product(entries, inits):
             if name in steps_of:  # a compute budget: this model's own number of steps
                 entry_recipe = entry_recipe.replace(total_steps=steps_of[name]).for_data(data)
             check = None
@@ -331,6 +359,9 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 if method is not None:  # a distillation entry: the student with one method
                     cfg["method"] = method
                     cfg["entry"] = f"{name} + {method}"
+                if init is not None:  # fine-tuned from pretrained weights
+                    cfg["pretrained"] = init
+                    cfg["entry"] = f"{cfg.get('entry', name)} + pretrained"
                 if spec.pretrain is not None:
                     cfg["probe"] = probe_settings(spec.pretrain)
                 if check is not None:
@@ -562,9 +593,11 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
             "data": cfg["data"],
             "data_seed": cfg["data_seed"],
         }
+        if cfg.get("pretrained"):
+            info["pretrained"] = cfg["pretrained"]
         atomic_write_text(run_dir / "model.json", json.dumps(info, indent=2) + "\n")
         torch.manual_seed(cfg["seed"])
-        model = create_model(cfg["model"], **kwargs)
+        model = create_model(cfg["model"], pretrained=cfg.get("pretrained"), **kwargs)
         t0 = time.perf_counter()
         if cfg.get("probe"):  # the pretrain axis: train (or not), then probe the encoder
             from .pretrain_axis import run_pretrain_entry
@@ -782,7 +815,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             "seed": cfg["seed"],
             "config": cfg,
             "model_kwargs": cfg["model_kwargs"],
-            **{k: cfg[k] for k in ("entry", "method", "role") if k in cfg},
+            **{k: cfg[k] for k in ("entry", "method", "role", "pretrained") if k in cfg},
             "task": cfg["recipe"]["task"],
             "task_args": cfg["recipe"]["task_args"],
             "run_dir": str(_run_dir(out, cfg)),
@@ -884,6 +917,8 @@ def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
             f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in cfg["model_kwargs"].items()
         )
         parts.append(f"--model-arg {args}")
+    if cfg.get("pretrained"):
+        parts.append(f"--pretrained '{cfg['pretrained']}'")
     if "method" in cfg or "role" in cfg:  # a distillation entry: its own task
         parts.append(f"--task {cfg['recipe']['task']}")
         if cfg["recipe"]["task_args"]:

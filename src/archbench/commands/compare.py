@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task_arg(p)
     p.add_argument("--model-kwargs", help=argparse.SUPPRESS)  # replaced by --model-arg
     p.add_argument(
+        "--pretrained",
+        action="append",
+        metavar="MODEL=FILE|hf-hub:ORG/NAME",
+        help="also fine-tune MODEL from these weights: it runs from scratch and from the "
+        "weights, as two entries (repeat for several models)",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print the leaderboard rows and output paths as JSON (progress goes to stderr)",
@@ -99,6 +106,11 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
             if kwargs:
                 merged.setdefault(model, {}).update(kwargs)
         data["model_kwargs"] = merged
+    for item in args.pretrained or []:
+        model, sep, source = item.partition("=")
+        if not sep or not model or not source:
+            raise ValueError(f"--pretrained takes MODEL=FILE|hf-hub:ORG/NAME, got {item!r}")
+        data.setdefault("pretrained", {})[model] = source
     return CompareSpec.from_dict(data)
 
 

@@ -85,7 +85,7 @@ def compress_run(
     from archbench.compress.measure import measure_compressed, speedups
     from archbench.data import load_dataset
     from archbench.runs import MODEL_JSON, load_trained, locate_checkpoint
-    from archbench.train import check_model_data, fit, load_recipe
+    from archbench.train import check_model_data, fit, load_checkpoint, load_recipe
     from archbench.train.checkpoint import atomic_write_text, save_checkpoint
 
     log = log or (lambda line: None)
@@ -155,7 +155,14 @@ def compress_run(
             out / "finetune",
             resume=False,
         )
-        finetuned = {"epochs": finetune_epochs, "status": fr.status, "best_val": fr.best_val}
+        if fr.best_checkpoint:  # the epoch with the best validation top-1, as fit chose it
+            load_checkpoint(fr.best_checkpoint, compressed)
+        finetuned = {
+            "epochs": finetune_epochs,
+            "status": fr.status,
+            "best_val_top1": fr.best_val_top1,
+            "best_epoch": fr.best_epoch,
+        }
         compressed.eval()
     log("measuring after compression")
     macs_of = model if result.simulated or not hasattr(compressed, "forward_features") else None

@@ -56,9 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .train import run_train
+    from . import train
 
     get_model_card(args.model)
     check_method(args.method)
+    # every option of `train` that pretrain does not offer takes train's default
+    sub = argparse.ArgumentParser().add_subparsers()
+    train.register(sub)
+    defaults = vars(sub.choices["train"].parse_args([args.model, "--data", "-", "--out", "-"]))
+    for key, value in defaults.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
     args.task, args.task_arg = args.method, args.method_arg
-    return run_train(args)
+    return train.run_train(args)

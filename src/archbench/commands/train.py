@@ -64,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override other recipe fields (repeat the flag or list several)",
     )
     add_model_arg(p)
+    p.add_argument(
+        "--pretrained",
+        metavar="FILE|hf-hub:ORG/NAME",
+        help="start from these weights (a .safetensors file with archbench's or timm's names, "
+        "or a Hugging Face hub name from the local cache); a head for another number of "
+        "classes is re-initialized",
+    )
     add_task_arg(p)
     p.add_argument("--max-seconds", type=positive_float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
@@ -77,6 +84,10 @@ def run_train(args: argparse.Namespace) -> int:
     model_args = model_args_for(args.model_arg, [args.model])[args.model]
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")
+    if args.pretrained is not None:
+        from archbench.models.pretrained import resolve_pretrained
+
+        resolve_pretrained(args.pretrained)  # a missing or pickled file fails before the data
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
@@ -104,6 +115,8 @@ def run_train(args: argparse.Namespace) -> int:
     kwargs.update(model_args)
     out = Path(args.out)
     info = {"model": args.model, "kwargs": kwargs, "data": args.data, "data_seed": data_seed}
+    if args.pretrained is not None:
+        info["pretrained"] = args.pretrained
     model_json = out / "model.json"
     if model_json.is_file() and not args.fresh:
         old = json.loads(model_json.read_text())
@@ -113,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "settings; use another --out or --fresh"
             )
     torch.manual_seed(recipe.seed)
-    model = create_model(args.model, **kwargs)
+    model = create_model(args.model, pretrained=args.pretrained, **kwargs)
     task = create_task(recipe.task, recipe.task_args)
     task.check(model, data)  # before anything is written: a bad run leaves no model.json
     out.mkdir(parents=True, exist_ok=True)

@@ -272,7 +272,8 @@ class BiasOnly(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone() if bias is not None else torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bias.expand_as(x)
+        return torch.zeros_like(x) + self.bias  # a fresh tensor (an expanded view of a leaf
+        # confuses autograd's module hooks, e.g. the FLOP counter's)
 
 
 def _slice_linear(

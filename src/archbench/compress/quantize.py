@@ -114,6 +114,17 @@ class QuantizedModel(nn.Module):
         a lowered graph, those of the converted graph before lowering (oneDNN's packed
         weights are opaque tensors that cannot be stored)."""
         source = self.stored if self.stored is not None else self.graph
+        graph = getattr(source, "graph", None)
+        if isinstance(graph, torch.fx.Graph):  # only what the graph reads (not stale copies)
+            used = {}
+            for node in graph.nodes:
+                if node.op == "get_attr":
+                    value = _get_attr(source, str(node.target))
+                    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+                        if not value.is_mkldnn:
+                            used[str(node.target)] = value.detach().contiguous()
+            if used:
+                return used
         out: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         for mod_name, m in source.named_modules():
@@ -131,6 +142,12 @@ class QuantizedModel(nn.Module):
                     seen.add(id(p))
                     out[f"{mod_name}.{key}".lstrip(".")] = p.detach().contiguous()
         return out
+
+
+def _get_attr(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
 
 
 def _export(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, bool]:

@@ -157,11 +157,13 @@ def get_model_card(name: str) -> ModelCard:
     return _CARDS[name]
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """Build the registered variant ``name``; ``kwargs`` override its defaults.
 
     Every builder accepts ``num_classes``, ``in_chans``, ``img_size``, ``drop_rate`` and
     ``drop_path_rate``; an argument the model does not know raises ``TypeError`` naming it.
+    ``pretrained`` (a ``.safetensors`` path, archbench's or timm's names, or
+    ``"hf-hub:ORG/NAME"``) loads weights into the built model (``models.pretrained``).
     """
     _ensure_loaded()
     if not isinstance(name, str):
@@ -170,6 +172,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         raise _unknown(name)
     model = _BUILDERS[name](**kwargs)
     model.model_card = _CARDS[name]
+    if pretrained is not None:
+        from .pretrained import load_pretrained
+
+        model.pretrained_info = load_pretrained(model, pretrained)
     return model
 
 

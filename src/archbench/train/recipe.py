@@ -57,7 +57,9 @@ class Recipe:
     ``lr`` is the peak learning rate at ``batch_size`` (no implicit scaling). Weight decay
     skips norms, biases and the names in ``model.no_weight_decay()``. The schedule warms
     up linearly from ``warmup_lr_ratio * lr`` over ``warmup_epochs`` and then follows a
-    cosine down to ``min_lr_ratio * lr``, updated every step. ``drop_path_rate`` and
+    cosine down to ``min_lr_ratio * lr``, updated every step. ``layer_decay`` below 1
+    scales each layer's learning rate by ``layer_decay ** (num_layers - layer_id)``
+    (layer-wise decay for fine-tuning, see :func:`archbench.train.optim.layer_ids`). ``drop_path_rate`` and
     ``drop_rate`` are recorded here and passed by the caller when it builds the model.
     ``task`` names what a training step computes (a registered task, see
     :mod:`archbench.train.tasks`) and ``task_args`` its arguments, both validated here.
@@ -71,6 +73,7 @@ class Recipe:
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
+    layer_decay: float = 1.0
     momentum: float = 0.9
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
@@ -169,6 +172,11 @@ class Recipe:
             )
         if self.min_batch_size < 1:
             raise ValueError(f"recipe min_batch_size must be >= 1, got {self.min_batch_size}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(
+                f"recipe layer_decay must be in (0, 1] (1 turns it off; BEiT fine-tunes "
+                f"with 0.65-0.75), got {self.layer_decay}"
+            )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"recipe betas must be in [0, 1), got {self.betas}")
         from .tasks import check_task

@@ -135,7 +135,7 @@ class Task:
 
     def param_groups(self, model: nn.Module, recipe: Any) -> list[dict]:
         """Parameter groups of the optimizer: the model's and the trainable modules'."""
-        groups = param_groups(model, recipe.weight_decay)
+        groups = param_groups(model, recipe.weight_decay, getattr(recipe, "layer_decay", 1.0))
         for module in self.trainable.values():
             groups += param_groups(module, recipe.weight_decay)
         return [g for g in groups if g["params"]]
