@@ -37,6 +37,7 @@ CASES = [
     ("convnext_tiny", "convnext_tiny", 224),
     ("vit_tiny_patch16_224", "vit_tiny_patch16_224", 224),
     ("vit_small_patch16_224", "vit_small_patch16_224", 224),
+    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", 224),
     ("mixer_s16_224", "mixer_s16_224", 224),
     ("mambaout_femto", "mambaout_femto", 224),
 ]

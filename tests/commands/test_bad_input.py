@@ -298,6 +298,18 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ),
         ("no run folder", ["{tmp}", "--method", "structured", "--out", "{out}"], r"no checkpoint"),
     ],
+    "export": [
+        ("unknown format", ["{run}", "--format", "tflite", "--out", "{out}"], r"'tflite'.*onnx"),
+        ("missing run", ["{tmp}/norun", "--format", "onnx", "--out", "{out}"], r"does not exist"),
+        ("folder without a run", ["{tmp}", "--format", "onnx", "--out", "{out}"], r"no checkpoint"),
+        (
+            "out in a missing folder",
+            ["{run}", "--format", "onnx", "--out", "{tmp}/missing/m.onnx"],
+            r"folder .*missing.* does not exist",
+        ),
+        ("out is a folder", ["{run}", "--format", "onnx", "--out", "{tmp}"], r"is a folder"),
+        ("negative atol", ["{run}", "--format", "onnx", "--atol", "-1", "--out", "{out}"], r"--atol"),
+    ],
 }
 
 # The task options of `archbench train` and `archbench compare`.

@@ -274,5 +274,6 @@ def test_compare_spec_runs_scratch_and_pretrained_entries(tmp_path):
     # a spec without weights plans exactly the runs it did before (no new keys)
     plain, _ = plan_runs(CompareSpec(models=["resnet_pico"], data=data))
     assert "pretrained" not in plain[0] and "entry" not in plain[0]
+    assert "layer_decay" not in plain[0]["recipe"]  # off by default: run keys unchanged
     with pytest.raises(ValueError, match="not in the comparison"):
         CompareSpec(models=["vit_pico"], pretrained={"resnet_pico": "w.safetensors"})

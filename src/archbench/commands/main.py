@@ -87,7 +87,8 @@ def run_main(args: argparse.Namespace) -> int:
     print(f"\nleaderboard: {result['out'] / 'leaderboard.md'}")
     print(f"report:      {result['report']}   (open it in a browser; it needs no network)")
     print(f"results:     {result['out'] / 'results.jsonl'}")
-    print(f"wall-clock:  {time.perf_counter() - t0:.0f} s")
+    split = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result.get("phases", {}).items())
+    print(f"wall-clock:  {time.perf_counter() - t0:.0f} s ({split})")
     return 0
 
 

@@ -189,6 +189,8 @@ class Recipe:
     # ----- conversion --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["layer_decay"] == 1.0:  # off: recipes (and run keys) read as they did before it
+            del d["layer_decay"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
