@@ -39,12 +39,38 @@ def _try(name: str, img_size: int, fmt: str, folder: Path) -> dict:
         (folder / f"{name}.{fmt}").unlink(missing_ok=True)
 
 
+def family_table(records: list[dict]) -> str:
+    """A markdown table: per family, which variants export to each format, and why not."""
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for rec in records:
+        rows.setdefault(rec["family"], {}).setdefault(rec["format"], []).append(rec)
+    lines = [
+        "| family | ONNX | torch.export | reason (first failure) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for family in sorted(rows):
+        cells, reason = [], ""
+        for fmt in EXPORT_FORMATS:
+            recs = rows[family].get(fmt, [])
+            ok = sum(r["ok"] for r in recs)
+            cells.append("yes" if recs and ok == len(recs) else f"{ok}/{len(recs)}")
+            bad = [r for r in recs if not r["ok"]]
+            if bad and not reason:
+                reason = f"{fmt}: {bad[0]['reason'][:140]}".replace("|", "/")
+        lines.append(f"| {family} | {cells[0]} | {cells[1]} | {reason} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default=None, help="glob over model names")
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the table of --out; no run")
     args = parser.parse_args()
+    if args.table:
+        print(family_table(json.loads(args.out.read_text())["records"]))
+        return
     torch.set_num_threads(1)
     names = list_models(args.pattern, scale="cpu")
     # one variant of each family first, so that a sweep cut short still covers the families
@@ -84,6 +110,7 @@ def main() -> None:
                 print(f"[{i}/{len(names)}] {name} {fmt}: {status}", flush=True)
             partial = {"environment": env, "models_planned": len(names), "records": records}
             args.out.write_text(json.dumps(partial, indent=1) + "\n")
+    print(family_table(records))
 
 
 if __name__ == "__main__":

@@ -196,7 +196,10 @@ def export_model(
     x = example_input.detach().float().cpu().contiguous()
     other_batch = x.shape[0] + 1
     g = torch.Generator().manual_seed(0)
-    x2 = torch.randn((other_batch, *x.shape[1:]), generator=g) * x.std().clamp(min=1e-3) + x.mean()
+    x2 = (
+        torch.randn((other_batch, *x.shape[1:]), generator=g) * x.std(correction=0).clamp(min=1e-3)
+        + x.mean()
+    )
     want, want2 = model(x), model(x2)
     if not isinstance(want, torch.Tensor):
         raise ExportError(
