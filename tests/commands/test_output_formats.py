@@ -11,8 +11,8 @@ import pytest
 
 from archbench.cli import build_parser, main
 
-BUILDS_A_MODEL = {"info", "bench", "train", "compare", "explain"}
-PRINTS_NO_TABLE = {"kan-study"}  # it writes kan_study.md and prints its path
+BUILDS_A_MODEL = {"info", "bench", "train", "compare", "explain", "pretrain"}
+PRINTS_NO_TABLE = {"kan-study", "probe"}  # kan-study writes kan_study.md; probe prints JSON
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -53,7 +53,7 @@ def test_model_arg_is_repeatable_and_reaches_the_model(capsys):
         ["models", "resnet_pico", "--json"],
         ["info", "vit_pico", "--img-size", "16", "--json"],
         ["data", "{data}", "--json"],
-        ["bench", "resnet_pico", "--img-size", "16", "--batch", "2", "--repeats", "1", "--json"],
+        ["bench", "resnet_pico", "--img-size", "16", "--batch", "2", "--repeats", "2", "--json"],
     ],
     ids=lambda argv: argv[0],
 )

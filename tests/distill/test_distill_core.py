@@ -77,6 +77,8 @@ def test_training_lowers_the_distillation_loss_and_resumes_bit_exact(
 ):
     args = {"teacher": str(teacher_run), **args}
     recipe = RECIPE.replace(task=method, task_args=args, checkpoint_every_steps=1)
+    if student.startswith("deit"):  # a ViT from scratch on 64 images needs a gentler step
+        recipe = recipe.replace(lr=1e-3)
     model = _student(student)
     _, before = validate_before_training(method, args, model, data)
     res = fit(model, data, recipe, tmp_path / "full", progress=False)

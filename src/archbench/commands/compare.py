@@ -106,7 +106,7 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
             if kwargs:
                 merged.setdefault(model, {}).update(kwargs)
         data["model_kwargs"] = merged
-    for item in args.pretrained or []:
+    for item in getattr(args, "pretrained", None) or []:
         model, sep, source = item.partition("=")
         if not sep or not model or not source:
             raise ValueError(f"--pretrained takes MODEL=FILE|hf-hub:ORG/NAME, got {item!r}")
