@@ -286,7 +286,9 @@ def _cells(r: dict[str, Any]) -> list[str]:
         f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-",
         f"{r['macs'] / 1e6:.1f}" if r["macs"] is not None else "-",
         _timing(
-            _pm(r["latency_ms"], r["latency_ms_std"], ".2f"),
+            # one measurement per architecture (seeds share it): the median of its stable
+            # block; its spread shows as the unstable mark
+            f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "-",
             r.get("latency_unstable", False),
             r.get("latency_ratio"),
         ),
