@@ -91,7 +91,6 @@ class ClusterFit(SSLTask):
     """Classify k-means pseudo-labels of a pretrained network's features."""
 
     views = 1
-    uses_labels = False
     monitor = ("val_top1", "max")
 
     def __init__(self, clusters: int = 32, pretrained: str = "") -> None:

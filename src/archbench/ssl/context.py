@@ -116,8 +116,6 @@ class ContextPrediction(SSLTask):
     """Predict the relative position (8 classes) of a neighbouring patch."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(
         self,

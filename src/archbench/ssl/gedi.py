@@ -104,8 +104,6 @@ class GEDI(SSLTask):
     """GEDI: self-supervised clustering and an energy-based model on one backbone."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(
         self,

@@ -66,8 +66,6 @@ class NoiseAsTargets(SSLTask):
     """Noise As Targets: fixed random targets on the sphere, Hungarian re-assignment."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(self, dim: int = 128, reassign_every: int = 3) -> None:
         super().__init__()

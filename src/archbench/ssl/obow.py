@@ -175,8 +175,6 @@ class OBoW(SSLTask):
     """OBoW: predict a momentum teacher's bag-of-visual-words from perturbed crops."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(
         self,

@@ -97,8 +97,6 @@ class Selfie(SSLTask):
     """Selfie: choose each masked patch among the image's masked patches."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(self, grid: int = 4, masked: int = 4, depth: int = 3, heads: int = 4) -> None:
         super().__init__()

@@ -125,8 +125,6 @@ class SIE(SSLTask):
     """Split invariant-equivariant representations with a hypernetwork predictor."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(
         self,

@@ -133,8 +133,6 @@ class SP2OT(SSLTask):
     """Cluster with pseudo-labels from semantic-regularized progressive partial OT."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(
         self,

@@ -327,8 +327,6 @@ class SparK(SSLTask):
     """SparK: sparse masked modeling of a CNN with a hierarchical decoder."""
 
     views = 1
-    uses_labels = False
-    monitor = ("val_loss", "min")
 
     def __init__(self, mask_ratio: float = 0.6, decoder_width: int = 0) -> None:
         super().__init__()
