@@ -85,6 +85,9 @@ class CompareSpec:
     # {MODEL: FILE | hf-hub:ORG/NAME}: each listed model runs twice, from scratch and
     # fine-tuned from these weights (entry "MODEL + pretrained"); see models.pretrained
     pretrained: dict[str, str] = field(default_factory=dict)
+    # {methods: [NAME | {name, args}], finetune_epochs: 0, ...}: every trained run also
+    # compressed by each method (entry "MODEL + METHOD"); see archbench.bench.compress_axis
+    compress: dict[str, Any] | None = None
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
@@ -106,6 +109,7 @@ class CompareSpec:
         "distill": (dict, type(None)),
         "pretrain": (dict, type(None)),
         "pretrained": dict,
+        "compress": (dict, type(None)),
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
@@ -169,6 +173,11 @@ class CompareSpec:
                 "a comparison has either a pretrain (self-supervised) axis or pretrained "
                 "weights, not both"
             )
+        if self.compress is not None and (self.pretrain is not None or self.distill):
+            raise ValueError(
+                "a compress axis compresses plainly trained models; it cannot be combined "
+                "with a pretrain or distill axis in one comparison"
+            )
 
     @property
     def seed_list(self) -> list[int]:
@@ -221,6 +230,8 @@ class CompareSpec:
             del d["pretrained"]
         if d["distill"] is None:
             del d["distill"]
+        if d["compress"] is None:
+            del d["compress"]
         return d
 
 
@@ -368,6 +379,17 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     cfg["budget_check"] = check
                 if name in unreachable:
                     cfg["budget_error"] = unreachable[name]
+                cfg["key"] = _hash(cfg)
+                runs.append(cfg)
+    if spec.compress is not None:
+        from .compress_axis import compress_entries
+
+        settings = compress_entries(spec.compress)  # unknown methods or arguments fail here
+        for base in list(runs):
+            for c in settings:
+                cfg = {k: v for k, v in base.items() if k not in ("key", "budget_check")}
+                cfg.update(compress=c, entry=f"{base['model']} + {c['label']}")
+                cfg["base_key"] = base["key"]
                 cfg["key"] = _hash(cfg)
                 runs.append(cfg)
     context = {
@@ -771,7 +793,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
 
     phases: dict[str, float] = {"setup_s": time.perf_counter() - t_start}
     t_phase = time.perf_counter()
-    cores = os.cpu_count() or 1
+    cores = available_threads()
     jobs = max(1, min(spec.jobs, len(todo) or 1, cores))
     threads = max(1, cores // jobs)
     trained: dict[str, dict[str, Any]] = {}
@@ -779,7 +801,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         log(f"training the teacher {cfg['model']}")
         trained[cfg["key"]] = train_run(cfg, str(out), cores)
         _log_result(log, trained[cfg["key"]])
-    students = [c for c in todo if c.get("role") != "teacher"]
+    students = [c for c in todo if c.get("role") != "teacher" and "compress" not in c]
     if students:
         if jobs == 1:
             for i, cfg in enumerate(students, 1):
@@ -804,6 +826,14 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
 
     phases["training_s"] = time.perf_counter() - t_phase
     t_phase = time.perf_counter()
+    compressing = [c for c in todo if "compress" in c]
+    for i, cfg in enumerate(compressing, 1):  # one at a time: their timings need the cores
+        log(f"[{i}/{len(compressing)}] compressing {cfg['entry']} seed {cfg['seed']}")
+        trained[cfg["key"]] = compress_run_entry(cfg, out, cores)
+        _log_result(log, trained[cfg["key"]])
+    if compressing:
+        phases["compression_s"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
     env = environment()
     measured: dict[str, dict[str, Any]] = {}  # one measurement per architecture, not per seed
     for cfg in todo:
@@ -822,7 +852,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             "accuracy_unit": "fraction",
             **{k: v for k, v in res.items() if k not in ("key", "model", "seed")},
         }
-        if res.get("status") == "completed":
+        if res.get("status") == "completed" and "compress" not in cfg:
             arch = _hash([cfg[k] for k in ("model", "model_kwargs", "img_size", "data")])
             if arch not in measured:
                 measured[arch] = _measured(cfg, out, cores)
@@ -854,6 +884,14 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         gains_md = distill_gains_markdown(gains)
         board += "\n## Gain over no distillation\n\n" + gains_md
         extra.append(("Gain over no distillation", _markdown_table_html(gains_md)))
+    compression = []
+    if spec.compress is not None:
+        from .compress_axis import compress_gains, compress_gains_markdown
+
+        compression = compress_gains(records, method=spec.interval)
+        comp_md = compress_gains_markdown(compression)
+        board += "\n## Compression: accuracy and measured speed-up\n\n" + comp_md + "\n"
+        extra.append(("Compression: accuracy and measured speed-up", _markdown_table_html(comp_md)))
     (out / "leaderboard.md").write_text(board)
     if spec.explain:
         t_explain = time.perf_counter()
@@ -868,12 +906,29 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         "phases": phases,
         "rows": rows,
         "gains": gains,
+        "compression": compression,
         "leaderboard": leaderboard_text(rows)
-        + ("\n\n" + distill_gains_markdown(gains) if gains else ""),
+        + ("\n\n" + distill_gains_markdown(gains) if gains else "")
+        + ("\n\n" + compress_gains_markdown(compression) if compression else ""),
         "report": report,
         "out": out,
         "elapsed_s": elapsed,
     }
+
+
+def available_threads() -> int:
+    """Threads a comparison may use: ``OMP_NUM_THREADS`` when set (the standard way to
+    share a machine between jobs; torch honours it too), otherwise every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {value!r}") from None
+        if n < 1:
+            raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {value!r}")
+        return n
+    return os.cpu_count() or 1
 
 
 def _measured(cfg: dict[str, Any], out: Path, cores: int) -> dict[str, Any]:
@@ -899,8 +954,47 @@ def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def compress_run_entry(cfg: dict[str, Any], out: Path, threads: int) -> dict[str, Any]:
+    """Compress one trained run (a ``compress`` entry); failures are recorded, not raised."""
+    from .compress_axis import run_compress_entry
+
+    torch.set_num_threads(threads)
+    run_dir = _run_dir(out, cfg)
+    base_dir = _run_dir(out, {**cfg, "key": cfg["base_key"]})
+    try:
+        result = run_compress_entry(cfg, base_dir, run_dir)
+    except Exception as err:  # a method that fails on one model: the comparison goes on
+        result = {"key": cfg["key"], "model": cfg["model"], "seed": cfg["seed"]}
+        result.update(
+            status="error",
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(limit=8),
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run_result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
 def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
-    """One command that retrains this run alone, with the same data split, recipe and seed."""
+    """One command that retrains this run alone, with the same data split, recipe and seed
+    (for a compression entry: that compresses the trained run again)."""
+    if "compress" in cfg:
+        c = cfg["compress"]
+        parts = [
+            f"archbench compress {_run_dir(out, {**cfg, 'key': cfg['base_key']})}",
+            f"--method {c['method']}",
+        ]
+        if c["args"]:
+            parts.append(
+                "--arg "
+                + " ".join(
+                    f"'{k}={json.dumps(v, separators=(',', ':'))}'" for k, v in c["args"].items()
+                )
+            )
+        if c["finetune_epochs"]:
+            parts.append(f"--finetune-epochs {c['finetune_epochs']} --recipe {out / RECIPE_FILE}")
+        parts.append(f"--out {out / 'reproduce' / cfg['key']}")
+        return " ".join(parts)
     parts = [
         f"archbench train {cfg['model']}",
         f"--data '{cfg['data']}'",
@@ -938,7 +1032,13 @@ def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
 
 
 def _log_result(log: Any, res: dict[str, Any]) -> None:
-    if res.get("status") == "completed":
+    if res.get("status") == "completed" and "speedup" in res:  # a compression entry
+        log(
+            f"  done {res['model']} seed {res['seed']}: test top-1 {100 * res['test_top1']:.2f}%, "
+            f"latency x{res['speedup'].get('latency_speedup', float('nan')):.2f}, "
+            f"MACs x{res['speedup'].get('macs_speedup', float('nan')):.2f}"
+        )
+    elif res.get("status") == "completed":
         log(
             f"  done {res['model']} seed {res['seed']}: val top-1 {100 * res['val_top1']:.2f}%, "
             f"test top-1 {100 * res['test_top1']:.2f}%, {res['train_time_s']:.0f} s"
@@ -963,7 +1063,8 @@ def _explain_sections(
     done = {}
     for r in records:
         name = r.get("entry") or r["model"]
-        if r.get("status") == "completed" and name not in done:
+        compressed = "compress" in (r.get("config") or {})  # may hold no float model
+        if r.get("status") == "completed" and name not in done and not compressed:
             done[name] = r
     if not done:
         return []

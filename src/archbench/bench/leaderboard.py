@@ -33,9 +33,11 @@ __all__ = [
     "distill_gains",
     "distill_gains_markdown",
     "failure_label",
+    "holm_verdicts",
     "leaderboard_markdown",
     "leaderboard_text",
     "method_note",
+    "paired_gain",
     "percent",
     "within_noise",
 ]
@@ -387,6 +389,53 @@ def leaderboard_text(rows: list[dict[str, Any]]) -> str:
 # ----- distillation gains --------------------------------------------------------------
 
 
+def paired_gain(
+    runs_a: list[dict[str, Any]],
+    runs_b: list[dict[str, Any]],
+    seeds: list[int],
+    key: str = "test_top1",
+    method: str = "t",
+    test_set_noise: bool = True,
+) -> Any:
+    """``runs_a`` minus ``runs_b`` (the same seeds, in order) by :func:`compare_runs`:
+    paired t over seeds, plus the test set's noise where every run holds per-image hits
+    on the same images (``test_set_noise=False``: seed noise only)."""
+    images = None
+    if (
+        test_set_noise
+        and key == "test_top1"
+        and all(isinstance(r.get("test_correct"), dict) for r in runs_a + runs_b)
+    ):
+        import numpy as np
+
+        images = [
+            np.stack([unpack_correct(r["test_correct"]) for r in rs]) for rs in (runs_a, runs_b)
+        ]
+        if not _same_images(*images):
+            images = None
+    return compare_runs(
+        [r[key] for r in runs_a],
+        [r[key] for r in runs_b],
+        seeds_a=seeds,
+        seeds_b=seeds,
+        correct_a=images[0] if images else None,
+        correct_b=images[1] if images else None,
+        method=method,
+    )
+
+
+def holm_verdicts(rows: list[dict[str, Any]]) -> None:
+    """Holm-adjust the p-values of rows holding a ``comparison`` estimate; set each row's
+    ``p_adjusted`` and ``verdict``, and replace the estimate by its dict."""
+    estimates = [row["comparison"] for row in rows]
+    for row, est, p_adj in zip(rows, estimates, holm([e.p for e in estimates])):
+        est.p_adjusted = p_adj
+        est.verdict = verdict(p_adj, est.gap)
+        row["p_adjusted"] = p_adj
+        row["verdict"] = est.verdict
+        row["comparison"] = est.to_dict()
+
+
 def distill_gains(
     records: Iterable[dict[str, Any]],
     key: str = "test_top1",
@@ -396,17 +445,17 @@ def distill_gains(
     """Each distillation method's gain over the same student trained without distillation.
 
     Runs of a method and of the baseline that share a seed are paired (same data split,
-    order and initialisation) and compared by :func:`archbench.bench.stats.compare_runs`
-    (paired t over seeds, plus the test set's noise where per-image results exist), with
-    Holm's correction across all (student, method) rows. Verdict: ``better`` / ``worse``
-    when the adjusted p-value is below 0.05, else ``not distinguishable``.
-    ``test_set_noise=False`` leaves the per-image results out (seed noise only).
+    order and initialisation) and compared by :func:`paired_gain` (paired t over seeds,
+    plus the test set's noise where per-image results exist), with Holm's correction
+    across all (student, method) rows. Verdict: ``better`` / ``worse`` when the adjusted
+    p-value is below 0.05, else ``not distinguishable``. ``test_set_noise=False`` leaves
+    the per-image results out (seed noise only).
     """
     by: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in records:
         if r.get("status") == "completed" and r.get("method") and _finite(r.get(key)):
             by[r["model"], r["method"]][r["seed"]] = r
-    rows, estimates = [], []
+    rows = []
     for (student, method_name), per_seed in sorted(by.items()):
         base = by.get((student, "no KD"))
         if method_name == "no KD" or not base:
@@ -414,30 +463,14 @@ def distill_gains(
         seeds = sorted(set(per_seed) & set(base))
         if not seeds:
             continue
-        runs_a, runs_b = [per_seed[s] for s in seeds], [base[s] for s in seeds]
-        images = None
-        if (
-            test_set_noise
-            and key == "test_top1"
-            and all(isinstance(r.get("test_correct"), dict) for r in runs_a + runs_b)
-        ):
-            import numpy as np
-
-            images = [
-                np.stack([unpack_correct(r["test_correct"]) for r in rs]) for rs in (runs_a, runs_b)
-            ]
-            if not _same_images(*images):
-                images = None
-        est = compare_runs(
-            [r[key] for r in runs_a],
-            [r[key] for r in runs_b],
-            seeds_a=seeds,
-            seeds_b=seeds,
-            correct_a=images[0] if images else None,
-            correct_b=images[1] if images else None,
+        est = paired_gain(
+            [per_seed[s] for s in seeds],
+            [base[s] for s in seeds],
+            seeds,
+            key=key,
             method=method,
+            test_set_noise=test_set_noise,
         )
-        estimates.append(est)
         rows.append(
             {
                 "student": student,
@@ -449,12 +482,7 @@ def distill_gains(
                 "comparison": est,
             }
         )
-    for row, est, p_adj in zip(rows, estimates, holm([e.p for e in estimates])):
-        est.p_adjusted = p_adj
-        est.verdict = verdict(p_adj, est.gap)
-        row["p_adjusted"] = p_adj
-        row["verdict"] = est.verdict
-        row["comparison"] = est.to_dict()
+    holm_verdicts(rows)
     return rows
 
 

@@ -76,9 +76,12 @@ def compress_run(
     repeats: int = 20,
     throughput_seconds: float = 1.0,
     log: Any = None,
+    per_sample: bool = False,
 ) -> dict[str, Any]:
     """Compress the model of ``run_dir`` with ``method`` and measure it before and after;
-    the record is also written to ``out/compress.json``."""
+    the record is also written to ``out/compress.json``. ``recipe``: a name, a file or a
+    ``Recipe`` for fine-tuning (default: the run's). ``per_sample``: the after record also
+    holds the per-image top-1 hits (``correct``)."""
     import torch
 
     from archbench.compress import CompressContext, check_compressor, create_compressor
@@ -166,7 +169,9 @@ def compress_run(
         compressed.eval()
     log("measuring after compression")
     macs_of = model if result.simulated or not hasattr(compressed, "forward_features") else None
-    after = measure_compressed(compressed, data, img_size, macs_of=macs_of, **measure)
+    after = measure_compressed(
+        compressed, data, img_size, macs_of=macs_of, per_sample=per_sample, **measure
+    )
     structure = result.info.get("structure")
     saved = None
     if hasattr(compressed, "forward_features") and not result.simulated:

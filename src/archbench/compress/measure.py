@@ -74,15 +74,21 @@ def measure_compressed(
     latency_repeats: int = 20,
     throughput_seconds: float = 1.0,
     macs_of: nn.Module | None = None,
+    per_sample: bool = False,
 ) -> dict[str, Any]:
     """Accuracy (on ``split``, when ``data`` is given), params, MACs, file size, latency
     (batch 1, median) and throughput (images/s at ``batch``); ``macs_of``: the float model
-    whose MACs stand for an int8 graph's."""
+    whose MACs stand for an int8 graph's. ``per_sample``: also ``correct``, the per-image
+    top-1 hits packed as :func:`archbench.bench.stats.pack_correct` does."""
     model.eval()
     record: dict[str, Any] = {}
     if data is not None:
-        m = evaluate(model, data, split=split, batch_size=256)
+        m = evaluate(model, data, split=split, batch_size=256, per_sample=per_sample)
         record.update(top1=m["top1"], top5=m["top5"], loss=m["loss"], n=m["n"], split=split)
+        if per_sample:
+            from archbench.bench.stats import pack_correct
+
+            record["correct"] = pack_correct(m["correct"].numpy())
     record["params"] = _param_count(model)
     record["macs"] = count_flops(macs_of if macs_of is not None else model, img_size)["macs"]
     record["file_bytes"] = file_size_bytes(model)
