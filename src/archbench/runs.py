@@ -44,5 +44,10 @@ def load_trained(path: str | Path, which: str = "best") -> tuple[nn.Module, dict
         from .compress.structured import apply_structure
 
         apply_structure(model, info["structure"])
+    if info.get("replay"):  # modules a compression method added (token pruning, masks)
+        from .compress import replay_compression
+
+        for step in info["replay"]:
+            replay_compression(model, step["method"], step["info"])
     load_checkpoint(ck, model)
     return model.eval(), info

@@ -138,6 +138,9 @@ def compress_run(
     )
     ctx.check_calibration()
     compress = create_compressor(method, args)
+    from archbench.compress.structured import snapshot
+
+    original = snapshot(model)
     # compress first (a copy): a layer the method cannot handle fails before anything is
     # measured or written (a method that writes creates ``ctx.out_dir`` itself)
     result = compress(model, ctx)  # no output before: a refusal stays one line
@@ -173,13 +176,24 @@ def compress_run(
         compressed, data, img_size, macs_of=macs_of, per_sample=per_sample, **measure
     )
     structure = result.info.get("structure")
-    saved = None
+    saved, reload_error = None, None
     if hasattr(compressed, "forward_features") and not result.simulated:
+        from archbench.compress import has_replay
+        from archbench.compress.structured import structure_of
+
+        if structure is None and not has_replay(method):  # widths or layers changed
+            found = structure_of(compressed, original, model)
+            if found["shapes"] or found.get("identity") or found["attrs"]:
+                structure = found
         new_info = {**info, "data": spec, "compressed_from": str(ck), "method": method}
         if structure is not None:
             new_info["structure"] = _merge_structure(info.get("structure"), structure)
+        if has_replay(method):  # replayed in order on reload, after the structure
+            replay_info = {k: v for k, v in result.info.items() if k != "structure"}
+            new_info["replay"] = [*info.get("replay", []), {"method": method, "info": replay_info}]
         saved = str(save_checkpoint(out / "checkpoints" / "best.safetensors", compressed))
-        atomic_write_text(out / MODEL_JSON, json.dumps(new_info, indent=2) + "\n")
+        atomic_write_text(out / MODEL_JSON, json.dumps(new_info, default=str, indent=2) + "\n")
+        reload_error = _check_reload(out, compressed, shape)
     record = {
         "run": str(run),
         "checkpoint": str(ck),
@@ -196,9 +210,31 @@ def compress_run(
         "after": after,
         "speedup": speedups(before, after),
         "saved": saved,
+        "reloads": saved is not None and reload_error is None,
+        "reload_error": reload_error,
     }
     atomic_write_text(out / "compress.json", json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def _check_reload(out: Path, compressed: Any, shape: tuple[int, ...]) -> str | None:
+    """Rebuild the saved model from ``out`` as ``load_trained`` does and compare its
+    outputs with the compressed model's; the reason when they differ, else None."""
+    import torch
+
+    from archbench.runs import load_trained
+
+    try:
+        reloaded, _ = load_trained(out)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((2, *shape), generator=g)
+        with torch.no_grad():
+            a, b = compressed.eval()(x), reloaded(x)
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            return f"the reloaded model's outputs differ by {(a - b).abs().max().item():.3g}"
+    except Exception as err:  # reported in the record, never hidden
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _merge_structure(old: dict | None, new: dict) -> dict:
@@ -209,6 +245,9 @@ def _merge_structure(old: dict | None, new: dict) -> dict:
     for k, v in new["attrs"].items():
         attrs.setdefault(k, {}).update(v)
     merged = {"attrs": attrs, "shapes": {**old["shapes"], **new["shapes"]}}
+    removed = [*old.get("identity", []), *new.get("identity", [])]
+    if removed:
+        merged["identity"] = removed
     if "feature_chs" in new or "feature_chs" in old:
         merged["feature_chs"] = new.get("feature_chs", old.get("feature_chs"))
     return merged

@@ -17,8 +17,10 @@ from .registry import (
     check_compressor,
     compressor_arguments,
     create_compressor,
+    has_replay,
     list_compressors,
     register_compressor,
+    replay_compression,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -31,6 +33,8 @@ __all__ = [
     "check_compressor",
     "compressor_arguments",
     "create_compressor",
+    "has_replay",
     "list_compressors",
     "register_compressor",
+    "replay_compression",
 ]

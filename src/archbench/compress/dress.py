@@ -191,7 +191,12 @@ def _check_args(sparsities: Any = "0.5,0.75,0.9", select: Any = -1.0, **_: Any) 
         raise ValueError(f"select must be one of the levels {task.levels}, got {select}")
 
 
-@register_compressor("dress", check=_check_args)
+def _replay(model: nn.Module, info: dict[str, Any]) -> None:
+    add_dress_masks(model, info["levels"])
+    set_dress_level(model, info["selected"])
+
+
+@register_compressor("dress", check=_check_args, replay=_replay)
 def dress(
     model: nn.Module,
     ctx: CompressContext,

@@ -347,7 +347,18 @@ def _check_args(
         raise ValueError("neuron_group and calibration_images must be >= 1")
 
 
-@register_compressor("optin", check=_check_args)
+def _replay(model: nn.Module, info: dict[str, Any]) -> None:
+    """The pruned shapes on a fresh model: keep the recorded number of heads and neurons
+    per block (which ones does not matter; the saved weights are loaded afterwards)."""
+    blocks = check_plain_vit(model)
+    heads = [torch.arange(b.attn.num_heads) < k for b, k in zip(blocks, info["heads_kept"])]
+    neurons = [
+        torch.arange(b.mlp.fc1.out_features) < k for b, k in zip(blocks, info["neurons_kept"])
+    ]
+    prune_units(model, heads, neurons)
+
+
+@register_compressor("optin", check=_check_args, replay=_replay)
 def optin(
     model: nn.Module,
     ctx: CompressContext,

@@ -29,8 +29,10 @@ __all__ = [
     "check_compressor",
     "compressor_arguments",
     "create_compressor",
+    "has_replay",
     "list_compressors",
     "register_compressor",
+    "replay_compression",
 ]
 
 
@@ -108,15 +110,25 @@ class CompressResult:
 
 _COMPRESSORS: dict[str, Callable[..., CompressResult]] = {}
 _CHECKS: dict[str, Callable[..., None]] = {}
+_REPLAYS: dict[str, Callable[[nn.Module, dict[str, Any]], None]] = {}
 _loaded = False
 
 
-def register_compressor(name: str, check: Callable[..., None] | None = None):
+def register_compressor(
+    name: str,
+    check: Callable[..., None] | None = None,
+    replay: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+):
     """Function decorator: make ``fn(model, ctx, **args)`` selectable as ``--method name``.
 
     ``check(**args)``, when given, validates the arguments' values (a ratio's range, a
     scheme's name) and raises ``ValueError`` saying what to change; it runs in
-    :func:`check_compressor`, before any model is loaded or measured."""
+    :func:`check_compressor`, before any model is loaded or measured.
+
+    ``replay(model, info)``, for a method that changes the model's modules (wraps blocks,
+    adds parametrizations), gives a freshly built model the same modules from the
+    result's ``info`` (no data, no training), so that a saved compressed model loads
+    again (:func:`replay_compression`, called by ``archbench.runs.load_trained``)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a compressor name must be a non-empty string, got {name!r}")
 
@@ -132,6 +144,8 @@ def register_compressor(name: str, check: Callable[..., None] | None = None):
         _COMPRESSORS[name] = fn
         if check is not None:
             _CHECKS[name] = check
+        if replay is not None:
+            _REPLAYS[name] = replay
         return fn
 
     return deco
@@ -160,6 +174,22 @@ def _resolve(name: str) -> Callable[..., CompressResult]:
             f"{', '.join(sorted(_COMPRESSORS)) or 'none'}"
         )
     return _COMPRESSORS[name]
+
+
+def has_replay(name: str) -> bool:
+    """Whether ``name`` changes modules that :func:`replay_compression` rebuilds."""
+    _resolve(name)
+    return name in _REPLAYS
+
+
+def replay_compression(model: nn.Module, method: str, info: dict[str, Any]) -> nn.Module:
+    """Give a freshly built ``model`` the modules ``method`` made (from its result's
+    ``info``), in place, so that the compressed weights load; returns ``model``."""
+    _resolve(method)
+    if method not in _REPLAYS:
+        raise ValueError(f"compression method {method!r} records no module changes to replay")
+    _REPLAYS[method](model, info)
+    return model
 
 
 def compressor_arguments(name: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ __all__ = [
     "PruneError",
     "apply_structure",
     "prune_structured",
+    "snapshot",
     "structure_of",
 ]
 
@@ -78,9 +79,18 @@ def _snapshot(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def structure_of(model: nn.Module, reference: dict[str, Any]) -> dict[str, Any]:
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """The attributes and tensor shapes of ``model``, the reference of :func:`structure_of`."""
+    return _snapshot(model)
+
+
+def structure_of(
+    model: nn.Module, reference: dict[str, Any], original: nn.Module | None = None
+) -> dict[str, Any]:
     """What differs between ``model`` and the :func:`_snapshot` ``reference`` of the model it
-    was pruned from: changed module attributes, resized tensors, feature widths (JSON-able)."""
+    was pruned from: changed module attributes, resized tensors, feature widths (JSON-able).
+    With the ``original`` model, also the modules replaced by ``nn.Identity`` (removed
+    layers, ``identity``)."""
     now = _snapshot(model)
     attrs: dict[str, dict[str, Any]] = {}
     for name, values in now["attrs"].items():
@@ -90,6 +100,15 @@ def structure_of(model: nn.Module, reference: dict[str, Any]) -> dict[str, Any]:
             attrs[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()}
     shapes = {k: s for k, s in now["shapes"].items() if reference["shapes"].get(k) != s}
     out: dict[str, Any] = {"attrs": attrs, "shapes": shapes}
+    if original is not None:
+        kept = dict(model.named_modules())
+        removed = [
+            name
+            for name, m in original.named_modules()
+            if name and isinstance(kept.get(name), nn.Identity) and not isinstance(m, nn.Identity)
+        ]
+        if removed:
+            out["identity"] = removed
     info = getattr(model, "feature_info", None)
     if info:
         out["feature_chs"] = [int(f.num_chs) for f in info]
@@ -101,6 +120,19 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     pruned weights afterwards. Tensors are resized uninitialised."""
     if not isinstance(structure, dict) or not {"attrs", "shapes"} <= set(structure):
         raise ValueError("a pruned structure needs 'attrs' and 'shapes' entries")
+    for name in structure.get("identity", []):  # removed layers first
+        parent, _, attr = name.rpartition(".")
+        try:
+            holder = model.get_submodule(parent) if parent else model
+            getattr(holder, attr) if not attr.isdigit() else holder[int(attr)]
+        except (AttributeError, IndexError, TypeError):
+            raise ValueError(
+                f"pruned structure removes module {name!r}, which this model lacks"
+            ) from None
+        if isinstance(holder, (nn.Sequential, nn.ModuleList)) and attr.isdigit():
+            holder[int(attr)] = nn.Identity()
+        else:
+            setattr(holder, attr, nn.Identity())
     modules = dict(model.named_modules())
     for name, values in structure["attrs"].items():
         if name not in modules:

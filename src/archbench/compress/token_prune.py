@@ -451,7 +451,15 @@ def _check_token_args(keep_rate: Any = 0.7, finetune_epochs: Any = 0, **kw: Any)
         raise ValueError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
 
 
-@register_compressor("evit", check=_check_token_args)
+def _replay_evit(model: nn.Module, info: dict[str, Any]) -> None:
+    apply_evit(model, info["keep_rate"], info["locations"], info["fuse"])
+
+
+def _replay_sit(model: nn.Module, info: dict[str, Any]) -> None:
+    apply_sit(model, info["keep_rate"], info.get("stage_blocks"))
+
+
+@register_compressor("evit", check=_check_token_args, replay=_replay_evit)
 def evit(
     model: nn.Module,
     ctx: CompressContext,
@@ -481,7 +489,7 @@ def evit(
     return CompressResult(model, needs_finetune=not finetune_epochs, info=info)
 
 
-@register_compressor("sit", check=_check_token_args)
+@register_compressor("sit", check=_check_token_args, replay=_replay_sit)
 def sit(
     model: nn.Module,
     ctx: CompressContext,
@@ -500,6 +508,7 @@ def sit(
         run_fit(model, ctx, task, {}, "sit_frd", epochs=finetune_epochs)
     info = {
         "keep_rate": float(keep_rate),
+        "stage_blocks": stages,
         "stage_ends": sit_stage_ends(len(model.blocks), stages),
         "token_counts": block_token_counts(model, ctx.example_input()),
     }
