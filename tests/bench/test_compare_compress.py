@@ -11,6 +11,7 @@ from scipy import stats
 
 from archbench.bench.compare import CompareSpec, plan_runs, run_compare
 from archbench.bench.compress_axis import compress_gains, compress_gains_markdown
+from archbench.bench.stats import unpack_correct
 from archbench.data import load_dataset
 from archbench.runs import load_trained
 from archbench.train import evaluate
@@ -63,12 +64,15 @@ def test_compress_axis_end_to_end(tmp_path):
         # the recorded accuracy is the saved compressed model's, evaluated independently
         model, _ = load_trained(r["run_dir"])
         assert sum(p.numel() for p in model.parameters()) == r["params"]
-        assert r["test_top1"] == pytest.approx(evaluate(model, data, split="test")["top1"])
+        ev = evaluate(model, data, split="test", per_sample=True)
+        assert r["test_top1"] == pytest.approx(ev["top1"])
+        assert (unpack_correct(r["test_correct"]) == ev["correct"].numpy()).all()
         assert r["before"]["top1"] == pytest.approx(base[seed]["test_top1"])
         assert r["reproduce"].startswith("archbench compress ") and "ratio=0.5" in r["reproduce"]
     (row,) = res["compression"]
     diffs = [comp[s]["test_top1"] - base[s]["test_top1"] for s in (0, 1)]
     assert row["change"] == pytest.approx(np.mean(diffs))
+    assert row["comparison"]["noise"] == "seeds + test set"  # per-image hits of both sides
     assert row["macs_speedup"] == pytest.approx(
         np.median([base[s]["macs"] / comp[s]["macs"] for s in (0, 1)])
     )

@@ -28,8 +28,8 @@ REFUSING = {
     "vgg",
 }
 # families that draw random numbers in training besides stochastic depth (SReT's token
-# permutation in recursive passes, WideNet's router noise)
-RANDOM_IN_TRAINING = {"sret", "widenet"}
+# permutation in recursive passes, WideNet's router noise, DiT's Gumbel routing gates)
+RANDOM_IN_TRAINING = {"sret", "widenet", "dit_routing"}
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,7 @@ META = _meta_variants()
 _BLOCKS = {
     "VisionTransformer": lambda m: len(m.blocks),
     "DistilledVisionTransformer": lambda m: len(m.blocks),
+    "CCNN": lambda m: len(m.blocks),
     "ConViT": lambda m: len(m.blocks),
     "ConvMixer": lambda m: len(m.blocks),
     "KAT": lambda m: len(m.blocks),

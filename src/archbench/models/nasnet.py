@@ -192,6 +192,7 @@ class NASNetCell(nn.Module):
         if len(blocks) < 1 or any(s < 0 or s >= 2 + len(blocks) for s in concat):
             raise ValueError(f"malformed genotype {genotype}")
         self.concat = tuple(concat)
+        self.reduction = reduction
         self.blocks_inputs = tuple((a[0], b[0]) for a, b in blocks)
         self.base = nn.Sequential(nn.ReLU(), nn.Conv2d(cin, width, 1, bias=False), _bn(width))
         if cin_prev is None:
@@ -299,6 +300,7 @@ class NASNet(ImageClassifier):
         num_cells = 3 * cells_per_stack
         reductions = _reduction_indices(num_cells, 2)
         num_stem_cells = 2 if stem == "imagenet" else 0
+        self.num_stem_cells = num_stem_cells
         total_cells = num_cells + len(reductions) + num_stem_cells
 
         def rate(cell_index: int) -> float:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import PatchEmbed, TransformerBlock, drop_path_rates
+from ..layers.conv_attention import RelPosAttention
 from ..layers.helpers import init_trunc_normal_linear, to_2tuple
 from ..layers.pos_embed import resample_pos_embed
 from ._base import FeatureInfo, ImageClassifier
@@ -67,6 +68,12 @@ class VisionTransformer(ImageClassifier):
     ``drop_rate`` is the dropout before the head; ``proj_drop_rate`` / ``pos_drop_rate`` /
     ``attn_drop_rate`` are the dropouts inside the blocks, after the position embedding
     and on the attention weights (the ViT paper's "dropout" is the first two).
+
+    ``init="conv"`` (*Can Vision Transformers Perform Convolution?*, Li et al., 2021) gives
+    every block's attention a learned relative-position bias and initialises it to emulate
+    a ``conv_init_kernel`` x ``conv_init_kernel`` convolution of the patch grid, one head
+    per kernel offset (so ``num_heads`` must be at least ``conv_init_kernel ** 2``); see
+    ``archbench.layers.conv_attention``.
     """
 
     width_args = ("embed_dim",)
@@ -90,9 +97,13 @@ class VisionTransformer(ImageClassifier):
         img_size: int | tuple[int, int] = 224,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        init: str = "default",
+        conv_init_kernel: int = 3,
     ) -> None:
         super().__init__()
         size = to_2tuple(img_size)
+        if init not in ("default", "conv"):
+            raise ValueError(f"init must be 'default' or 'conv', got {init!r}")
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         for side in size:
@@ -149,7 +160,14 @@ class VisionTransformer(ImageClassifier):
         # the last block's output reaches the head only through the class token, so
         # explanations hook the input of its token mixing instead
         self.cam_target = f"blocks.{depth - 1}.norm1"
+        if init == "conv":
+            grid = self.patch_embed.grid_size
+            for blk in self.blocks:
+                blk.attn = RelPosAttention.from_attention(blk.attn, grid, self.num_prefix_tokens)
         self._init_weights()
+        if init == "conv":
+            for blk in self.blocks:
+                blk.attn.init_as_convolution(conv_init_kernel)
 
     _distilled = False
 
