@@ -68,3 +68,16 @@ def test_removed_layers_are_recorded_and_rebuilt():
     fresh.load_state_dict(student.state_dict())  # strict: same tensors, same names
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(fresh.eval()(x), student.eval()(x))
+
+
+def test_fine_tuning_keeps_unstructured_zeros(tmp_path):
+    from archbench.runs import load_trained as load
+
+    run = _run(tmp_path, "resnet_pico")
+    rec = _compress(run, tmp_path / "out", "rd_prune", "sparsity=0.7", finetune=1)
+    assert rec["finetune"]["status"] == "completed" and rec["reloads"]
+    model, _ = load(tmp_path / "out")
+    w = [m.weight for m in model.modules() if hasattr(m, "weight") and m.weight is not None]
+    weights = [t for t in w if t.ndim > 1]
+    zeros = sum(int((t == 0).sum()) for t in weights) / sum(t.numel() for t in weights)
+    assert zeros >= 0.69  # the pruned weights stayed at zero through fine-tuning

@@ -77,11 +77,13 @@ def compress_run(
     throughput_seconds: float = 1.0,
     log: Any = None,
     per_sample: bool = False,
+    finetune_only_if_needed: bool = False,
 ) -> dict[str, Any]:
     """Compress the model of ``run_dir`` with ``method`` and measure it before and after;
     the record is also written to ``out/compress.json``. ``recipe``: a name, a file or a
     ``Recipe`` for fine-tuning (default: the run's). ``per_sample``: the after record also
-    holds the per-image top-1 hits (``correct``)."""
+    holds the per-image top-1 hits (``correct``). ``finetune_only_if_needed``: fine-tune
+    only a result that asks for it (``needs_finetune``), as a comparison does."""
     import torch
 
     from archbench.compress import CompressContext, check_compressor, create_compressor
@@ -152,8 +154,15 @@ def compress_run(
     log("measuring the original model")
     before = measure_compressed(model, data, img_size, **measure)
     finetuned = None
-    if finetune_epochs and not result.simulated and hasattr(compressed, "forward_features"):
+    wanted = result.needs_finetune or not finetune_only_if_needed
+    if (
+        finetune_epochs
+        and wanted
+        and not result.simulated
+        and hasattr(compressed, "forward_features")
+    ):
         log(f"fine-tuning for {finetune_epochs} epoch(s)")
+        masked = _mask_zeros(compressed) if result.keep_zeros else []
         fr = fit(
             compressed.train(),
             data,
@@ -163,6 +172,7 @@ def compress_run(
         )
         if fr.best_checkpoint:  # the epoch with the best validation top-1, as fit chose it
             load_checkpoint(fr.best_checkpoint, compressed)
+        _unmask(masked)  # after loading: the checkpoint holds the masked layers' tensors
         finetuned = {
             "epochs": finetune_epochs,
             "status": fr.status,
@@ -215,6 +225,28 @@ def compress_run(
     }
     atomic_write_text(out / "compress.json", json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def _mask_zeros(model: Any) -> list[Any]:
+    """Hold every zero weight of the conv and linear layers at zero while fine-tuning
+    (``torch.nn.utils.prune``'s mask re-applied before every forward); returns the layers."""
+    import torch
+    import torch.nn.utils.prune as prune
+
+    layers = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and (m.weight == 0).any():
+            prune.custom_from_mask(m, "weight", m.weight.detach() != 0)
+            layers.append(m)
+    return layers
+
+
+def _unmask(layers: list[Any]) -> None:
+    """Make the masks permanent: plain ``weight`` tensors again, the zeros kept."""
+    import torch.nn.utils.prune as prune
+
+    for m in layers:
+        prune.remove(m, "weight")
 
 
 def _check_reload(out: Path, compressed: Any, shape: tuple[int, ...]) -> str | None:

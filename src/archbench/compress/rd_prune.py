@@ -179,4 +179,4 @@ def rd_prune(
         "layer_sparsity": {n: round(s, 4) for (n, _), s in zip(layers, chosen, strict=True)},
         "predicted_distortion": float(sum(curves[i, g] for i, g in enumerate(picks))),
     }
-    return CompressResult(model, needs_finetune=True, info=info)
+    return CompressResult(model, needs_finetune=True, keep_zeros=True, info=info)

@@ -100,11 +100,14 @@ class CompressResult:
     int8 kernel runs), so speed figures say nothing about a real int8 deployment.
     ``needs_finetune``: the method expects fine-tuning afterwards (``--finetune-epochs``).
     ``info``: method-specific facts (chosen ratios, per-layer widths, bits...), JSON-able.
+    ``keep_zeros``: unstructured sparsity; fine-tuning must keep the pruned weights at zero
+    (``archbench compress`` masks them with ``torch.nn.utils.prune`` while it trains).
     """
 
     model: nn.Module
     simulated: bool = False
     needs_finetune: bool = False
+    keep_zeros: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
 

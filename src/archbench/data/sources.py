@@ -136,18 +136,46 @@ def _path(name: str, o: dict[str, Any]) -> Path:
     return p
 
 
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # PIL's decode errors derive from these
+
+
+def decode_image(data: bytes, size: int, channels: int) -> np.ndarray:
+    """Encoded image bytes -> uint8 ``(size, size)`` or ``(size, size, 3)`` array.
+
+    Palette and alpha images are composited on black, then a centre square crop is
+    resized (bilinear) to ``size``. Unreadable data raises one of ``DECODE_ERRORS``.
+    """
+    from PIL import Image
+
+    if not data:
+        raise OSError("zero-byte file")
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except Image.DecompressionBombError as err:  # derives from Exception only
+        raise ValueError(str(err)) from None
+    with im:
+        if im.mode in ("RGBA", "LA", "P", "PA"):
+            im = im.convert("RGBA")
+            bgd = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            im = Image.alpha_composite(bgd, im)
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        s = min(w, h)  # centre square crop, then resize
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
 def _read_class_dirs(
     root: Path, size: int, channels: int, strict: bool
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, Any]]:
-    from PIL import Image, UnidentifiedImageError
-
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(
             f"folder: no class folders in {str(root)!r}; expected root/<class>/<image> "
             "(or root/train/<class>/<image> with root/val/...)"
         )
-    mode = "L" if channels == 1 else "RGB"
     images, labels, skipped, empty = [], [], [], []
     for k, cls in enumerate(classes):
         files = sorted(
@@ -156,28 +184,8 @@ def _read_class_dirs(
         n_ok = 0
         for f in files:
             try:
-                data = f.read_bytes()
-                if not data:
-                    raise OSError("zero-byte file")
-                with Image.open(io.BytesIO(data)) as im:
-                    im.load()
-                    if im.mode in ("RGBA", "LA", "P", "PA"):
-                        im = im.convert("RGBA")
-                        bgd = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                        im = Image.alpha_composite(bgd, im)
-                    im = im.convert(mode)
-                    w, h = im.size
-                    s = min(w, h)  # centre square crop, then resize
-                    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                    im = im.resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (
-                OSError,
-                UnidentifiedImageError,
-                ValueError,
-                SyntaxError,
-                Image.DecompressionBombError,
-            ) as err:
+                arr = decode_image(f.read_bytes(), size, channels)
+            except DECODE_ERRORS as err:
                 if strict:
                     raise ValueError(f"folder: cannot read image {str(f)!r}: {err}") from None
                 skipped.append(f"{f}: {type(err).__name__}: {err}")
