@@ -11,7 +11,7 @@ import torch.nn as nn
 from .models import create_model
 from .train import load_checkpoint
 
-__all__ = ["MODEL_JSON", "load_trained", "locate_checkpoint"]
+__all__ = ["MODEL_JSON", "build_run_model", "load_trained", "locate_checkpoint"]
 
 MODEL_JSON = "model.json"
 
@@ -35,10 +35,9 @@ def locate_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path
     return ck, run
 
 
-def load_trained(path: str | Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a run with its trained weights, in eval mode, and the run's model.json."""
-    ck, run = locate_checkpoint(path, which)
-    info = json.loads((run / MODEL_JSON).read_text())
+def build_run_model(info: dict[str, Any]) -> nn.Module:
+    """The (untrained) model a run's model.json describes, with the pruned structure and
+    the compression methods' module changes it records, ready for its checkpoint."""
     model = create_model(info["model"], **info["kwargs"])
     if info.get("structure"):  # a pruned model: give it the pruned shapes first
         from .compress.structured import apply_structure
@@ -49,5 +48,13 @@ def load_trained(path: str | Path, which: str = "best") -> tuple[nn.Module, dict
 
         for step in info["replay"]:
             replay_compression(model, step["method"], step["info"])
+    return model
+
+
+def load_trained(path: str | Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a run with its trained weights, in eval mode, and the run's model.json."""
+    ck, run = locate_checkpoint(path, which)
+    info = json.loads((run / MODEL_JSON).read_text())
+    model = build_run_model(info)
     load_checkpoint(ck, model)
     return model.eval(), info

@@ -23,15 +23,21 @@ CASES = [
 
 
 @pytest.mark.parametrize("model, method, args", CASES, ids=[c[1] for c in CASES])
-def test_the_saved_compressed_model_reloads(tmp_path, model, method, args):
+def test_the_saved_compressed_model_reloads(tmp_path, capsys, model, method, args):
     run = _run(tmp_path, model, **({"depth": 4} if model == "vit_pico" else {}))
     rec = _compress(run, tmp_path / "out", method, *args)
+    capsys.readouterr()
     assert rec["saved"] and rec["reloads"], rec["reload_error"]
     reloaded, info = load_trained(tmp_path / "out")
     # the rebuilt model is the measured one: same size, same accuracy on the same split
     assert sum(p.numel() for p in reloaded.parameters()) == rec["after"]["params"]
     data = load_dataset(DATA, seed=0)
     assert evaluate(reloaded, data, split="test")["top1"] == pytest.approx(rec["after"]["top1"])
+    # `archbench eval` rebuilds it the same way
+    from archbench.cli import main
+
+    assert main(["eval", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(rec["after"]["top1"])
     saved = json.loads((tmp_path / "out" / "model.json").read_text())
     assert ("replay" in saved) == (method in ("evit", "sit", "optin", "dress"))
     if method == "n2n" and not all(rec["info"]["keep"]):

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from archbench.data import load_dataset
-from archbench.models import create_model
-from archbench.runs import locate_checkpoint
+from archbench.runs import build_run_model, locate_checkpoint
 from archbench.train import check_model_data, evaluate, load_checkpoint
 
 from ._common import non_negative_int, pct, positive_int, print_json
@@ -39,7 +38,7 @@ def run_eval(args: argparse.Namespace) -> int:
     info = json.loads((run / "model.json").read_text())
     spec = args.data or info["data"]
     data = load_dataset(spec, seed=info.get("data_seed", 0) if args.seed is None else args.seed)
-    model = create_model(info["model"], **info["kwargs"])
+    model = build_run_model(info)  # a compressed run: its pruned structure too
     meta = load_checkpoint(ck, model)["meta"]
     check_model_data(model, data)  # another --data must have the run's channels and classes
     m = evaluate(model, data, split=args.split, batch_size=args.batch_size)
