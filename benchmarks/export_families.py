@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table of --out; no run")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the records in --out and try only the rest"
+    )
     args = parser.parse_args()
     if args.table:
         print(family_table(json.loads(args.out.read_text())["records"]))
@@ -82,6 +85,10 @@ def main() -> None:
             first.append(n)
     names = first + [n for n in names if n not in first]
     records: list[dict] = []
+    if args.resume and args.out.is_file():
+        records = json.loads(args.out.read_text())["records"]
+        tried = {r["model"] for r in records}
+        names = [n for n in names if n not in tried]
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -108,7 +115,8 @@ def main() -> None:
                 records.append(rec)
                 status = "ok" if rec["ok"] else "FAIL " + rec["reason"][:100]
                 print(f"[{i}/{len(names)}] {name} {fmt}: {status}", flush=True)
-            partial = {"environment": env, "models_planned": len(names), "records": records}
+            planned = len(names) + len({r["model"] for r in records} - set(names))
+            partial = {"environment": env, "models_planned": planned, "records": records}
             args.out.write_text(json.dumps(partial, indent=1) + "\n")
     print(family_table(records))
 

@@ -84,6 +84,12 @@ def test_compress_axis_end_to_end(tmp_path):
     run_compare(spec, log=lines.append)
     assert "0 to run" in lines[0]
     assert len((tmp_path / "c" / "results.jsonl").read_text().splitlines()) == 4
+    # --remeasure takes the uncompressed runs again; compressed figures are the compress step's
+    run_compare(spec, log=lambda *a: None, remeasure=True)
+    again = [json.loads(line) for line in (tmp_path / "c" / "results.jsonl").open()]
+    assert sorted(r["params"] for r in again if "compress" in r["config"]) == sorted(
+        r["params"] for r in comp.values()
+    )
 
 
 def _record(seed, top1, compress=None, **speed):

@@ -865,6 +865,8 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
     if remeasure:
         by_key = {c["key"]: c for c in runs}
         for r in records:
+            if "compress" in by_key[r["key"]]:  # measured before and after by its compress step
+                continue
             if r.get("status") == "completed" and r["key"] not in {c["key"] for c in todo}:
                 log(f"  measuring {r['model']} seed {r['seed']} again")
                 r.update(_measured(by_key[r["key"]], out, cores))
