@@ -7,8 +7,9 @@ import json
 
 import torch
 
-from archbench.bench import environment, measure_model
+from archbench.bench import environment, measure_latency, measure_model, measure_throughput
 from archbench.models import create_model, get_model_card
+from archbench.optimize import optimize
 
 from ._common import (
     add_model_arg,
@@ -51,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_arg(p, several_models=True)
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument(
+        "--optimized",
+        action="store_true",
+        help="also time archbench.optimize(model) (BN folded, reparameterized, channels_last), "
+        "measured the same way, beside eager",
+    )
     p.add_argument("--out", help="also write the JSON records to this file")
     p.set_defaults(func=run_bench)
 
@@ -62,8 +69,13 @@ def bench_models(
     repeats: int = 20,
     throughput_seconds: float = 1.0,
     model_kwargs: dict[str, dict] | None = None,
+    optimized: bool = False,
 ) -> list[dict]:
-    """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``)."""
+    """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``).
+
+    With ``optimized``, ``archbench.optimize(model)`` is timed too, by the same functions
+    and settings, under the record's ``optimized`` key (or the reason it was refused).
+    """
     for name in names:  # validate every name before measuring any
         get_model_card(name)
     if batch < 1:
@@ -92,8 +104,34 @@ def bench_models(
         rec["model"] = name
         if kwargs_of[name]:
             rec["model_kwargs"] = kwargs_of[name]
+        if optimized:
+            rec["optimized"] = _measure_optimized(model, rec, batch, repeats, throughput_seconds)
         records.append(rec)
     return records
+
+
+def _measure_optimized(
+    model: torch.nn.Module, rec: dict, batch: int, repeats: int, throughput_seconds: float
+) -> dict:
+    """Latency and throughput of ``optimize(model)``, as ``measure_model`` takes them."""
+    h, w = rec["img_size"]
+    example = torch.randn(2, getattr(model, "in_chans", 3), h, w)
+    try:
+        fast = optimize(model, example_input=example)
+    except ValueError as err:
+        return {"refused": str(err)}
+    lat = measure_latency(fast, (h, w), batch=1, repeats=repeats)
+    thr = measure_throughput(fast, (h, w), batch=batch, min_seconds=throughput_seconds)
+    return {
+        "latency_ms": lat.median_ms,
+        "latency": lat.to_dict(),
+        "throughput": thr.images_per_s,
+        "throughput_detail": thr.to_dict(),
+        "latency_speedup": rec["latency_ms"] / lat.median_ms,
+        "throughput_speedup": thr.images_per_s / rec["throughput"],
+        "steps": fast.optimize_report["steps"],
+        "max_abs_diff": fast.optimize_report["max_abs_diff"],
+    }
 
 
 def _rows(records: list[dict]) -> list[dict]:
@@ -106,6 +144,9 @@ def _rows(records: list[dict]) -> list[dict]:
             "latency_ms": r["latency_ms"],
             "throughput": r["throughput"],
             "peak_memory_mb": r.get("peak_memory_mb"),
+            "opt_latency_ms": r.get("optimized", {}).get("latency_ms"),
+            "opt_throughput": r.get("optimized", {}).get("throughput"),
+            "opt_speedup": r.get("optimized", {}).get("throughput_speedup"),
         }
         for r in records
     ]
@@ -113,7 +154,17 @@ def _rows(records: list[dict]) -> list[dict]:
 
 def print_bench_table(records: list[dict], batch: int) -> None:
     env = environment()
-    print(format_table(_rows(records), COLUMNS))
+    columns = list(COLUMNS)
+    if any("optimized" in r for r in records):
+        columns += [
+            ("opt_latency_ms", "optimized latency b1 (ms)"),
+            ("opt_throughput", "optimized img/s"),
+            ("opt_speedup", "img/s speed-up"),
+        ]
+    print(format_table(_rows(records), columns))
+    for r in records:
+        if "refused" in r.get("optimized", {}):
+            print(f"{r['model']}: optimize refused: {r['optimized']['refused']}")
     print(
         f"\nCPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}; latency: batch 1, "
         f"median of timed passes after warm-up; throughput and peak memory: batch {batch}, eval mode."
@@ -126,7 +177,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     records = bench_models(
-        args.models, args.img_size, args.batch, args.repeats, model_kwargs=kwargs
+        args.models,
+        args.img_size,
+        args.batch,
+        args.repeats,
+        model_kwargs=kwargs,
+        optimized=args.optimized,
     )
     if args.out:
         with open(args.out, "w") as f:
