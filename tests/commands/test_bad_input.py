@@ -78,6 +78,8 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("image size too small", ["shapes:img_size=0"], r"img_size"),
         ("empty spec", [""], r"non-empty"),
         ("not an npz file", ["npz:{file}"], r"cannot read"),
+        ("shard not a tar file", ["shards:{file}"], r"is not a tar file"),
+        ("pack without --out", ["pack", "{tmp}"], r"give a folder and --out"),
         ("negative seed", ["shapes", "--seed", "-1"], r"--seed.*>= 0"),
     ],
     "eval": [

@@ -9,6 +9,8 @@ knows nothing about archbench models.
     load_dataset("folder:/data/pets,img_size=64")           # root/<class>/<image>
     load_dataset("cifar10:/data/cifar"); load_dataset("cifar100:/data/cifar")
     load_dataset("npz:/data/arrays.npz")
+    load_dataset("folder:/data/imagenet,stream=1,workers=4")  # decoded as read (stream.py)
+    load_dataset("shards:/data/in1k/{000000..000127}.tar")     # webdataset tar shards
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from .base import DataBundle, ImageTensorDataset, channel_stats, parse_options, 
 from .loader import BatchLoader, epoch_generator
 from .shapes import load_shapes, make_shapes, shapes_class_table
 from .sources import load_cifar, load_digits, load_folder, load_npz
+from .stream import (
+    StreamLoader,
+    StreamSplit,
+    load_shards,
+    load_stream_folder,
+    make_loader,
+    pack_folder,
+    split_stream_option,
+)
 from .transforms import BatchAugment
 
 __all__ = [
@@ -26,20 +37,32 @@ __all__ = [
     "BatchLoader",
     "DataBundle",
     "ImageTensorDataset",
+    "StreamLoader",
+    "StreamSplit",
     "channel_stats",
     "epoch_generator",
     "list_datasets",
     "load_dataset",
+    "make_loader",
     "make_shapes",
+    "pack_folder",
     "parse_options",
     "shapes_class_table",
     "split_indices",
 ]
 
+
+def _load_folder(spec: str, options: str, seed: int) -> DataBundle:
+    """``folder:PATH`` in memory, or streamed with ``stream=1``."""
+    stream, rest = split_stream_option(options)
+    return load_stream_folder(spec, options, seed) if stream else load_folder(spec, rest, seed)
+
+
 _LOADERS = {
     "shapes": load_shapes,
     "digits": load_digits,
-    "folder": load_folder,
+    "folder": _load_folder,
+    "shards": load_shards,
     "cifar10": partial(load_cifar, variant="cifar10"),
     "cifar100": partial(load_cifar, variant="cifar100"),
     "npz": load_npz,

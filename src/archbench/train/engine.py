@@ -60,7 +60,8 @@ import torch
 import torch.nn as nn
 
 from ..data.base import DataBundle, ImageTensorDataset
-from ..data.loader import BatchLoader, epoch_generator
+from ..data.loader import epoch_generator
+from ..data.stream import make_loader
 from ..data.transforms import BatchAugment, one_hot_smooth
 from .callbacks import EMA, TrainState
 from .checkpoint import atomic_write_text, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -240,7 +241,8 @@ class _Run:
         self.best_path = out / "checkpoints" / BEST
         self.metrics_path = out / "metrics.jsonl"
         self.dev = model_device(model)
-        self.loader = BatchLoader(
+        # slices of the in-memory tensor, or worker-decoded batches of a streamed split
+        self.loader = make_loader(
             data.train, recipe.batch_size, shuffle=True, drop_last=True, seed=recipe.seed
         )
         self.aug = BatchAugment(

@@ -42,6 +42,10 @@ def normalized_batches(
     channels = data.images.shape[1]
     mt = torch.tensor(m if m is not None else [0.0] * channels)
     st = torch.tensor(s if s is not None else [1.0] * channels)
+    if hasattr(data, "ordered_batches"):  # a streamed split: decoded in worker processes
+        for x, y, idx in data.ordered_batches(batch_size):
+            yield normalize(x.float().div_(255.0), mt, st), y, idx
+        return
     for i in range(0, len(data), batch_size):
         x = data.images[i : i + batch_size].float().div_(255.0)
         idx = torch.arange(i, min(i + batch_size, len(data)))
