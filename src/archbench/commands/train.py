@@ -17,6 +17,7 @@ from archbench.data import load_dataset
 from archbench.models import create_model, get_model_card
 from archbench.train import create_task, fit, list_recipes, load_recipe
 from archbench.train.checkpoint import atomic_write_text
+from archbench.train.engine import resolve_device
 
 from ._common import (
     add_model_arg,
@@ -74,6 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task_arg(p)
     p.add_argument("--max-seconds", type=positive_float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="cpu|cuda|cuda:N|mps|auto",
+        help="where to train (default cpu; auto picks cuda, then mps, then cpu); the "
+        "recipe's precision, channels_last and compile (--set) choose the rest",
+    )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_train)
@@ -88,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
         from archbench.models.pretrained import resolve_pretrained
 
         resolve_pretrained(args.pretrained)  # a missing or pickled file fails before the data
+    device = resolve_device(args.device)  # a GPU that is not there fails before the data
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
@@ -103,6 +112,11 @@ def run_train(args: argparse.Namespace) -> int:
     changes.update(task_changes(args, recipe))
     if changes:
         recipe = recipe.replace(**changes)
+    if recipe.precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"precision fp16 needs --device cuda (a gradient scaler on a GPU); on {device.type} "
+            "use --set precision=bf16 or precision=fp32"
+        )
     data_seed = recipe.seed if args.data_seed is None else args.data_seed
     data = load_dataset(args.data, seed=data_seed)
     kwargs = dict(
@@ -132,7 +146,14 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(model_json, json.dumps(info, indent=2) + "\n")
     res = fit(
-        model, data, recipe, out, task=task, resume=not args.fresh, max_seconds=args.max_seconds
+        model,
+        data,
+        recipe,
+        out,
+        task=task,
+        resume=not args.fresh,
+        max_seconds=args.max_seconds,
+        device=device,
     )
     if args.json:
         print_json(res.to_dict())

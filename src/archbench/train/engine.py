@@ -37,6 +37,16 @@ defines ``set_training_progress(fraction)``; the loop calls it before every step
 the fraction of optimizer steps done (0 at the first step) and after every step, so it
 reads 1 once the run's last step is done, and a resumed run continues the schedule.
 
+Devices and precision: ``fit(..., device=)`` moves the model (and the task's modules) to
+``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, then MPS, then CPU); by default the
+model stays where it is. ``recipe.precision`` autocasts the steps to bf16 or fp16; fp16
+also scales the loss with ``torch.amp.GradScaler`` (gradients are unscaled before
+callbacks and clipping see them, and a step with overflowing gradients is skipped, not
+failed) and is CUDA-only. ``recipe.channels_last`` keeps the model and every input batch
+in NHWC order; ``recipe.compile`` compiles the model in place (``nn.Module.compile``:
+same parameters and checkpoint names). On CUDA, batches are copied from pinned memory
+with ``non_blocking=True``. What was used is in ``FitResult.runtime``.
+
 Reproducibility: every epoch reseeds the global RNG (dropout, drop-path) and an
 augmentation generator from (seed, epoch), and the shuffling order is a function of
 (seed, epoch). A mid-epoch checkpoint also stores both generators' states, so a resumed
@@ -70,7 +80,15 @@ from .optim import build_optimizer, set_lr
 from .recipe import Recipe, load_recipe
 from .tasks import Batch, Task, create_task, soft_cross_entropy
 
-__all__ = ["FitResult", "check_model_data", "evaluate", "fit", "soft_cross_entropy", "validate"]
+__all__ = [
+    "FitResult",
+    "check_model_data",
+    "evaluate",
+    "fit",
+    "resolve_device",
+    "soft_cross_entropy",
+    "validate",
+]
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -98,9 +116,72 @@ class FitResult:
     extras: dict[str, Any] = field(default_factory=dict)  # filled by callbacks' on_fit_end
     monitor: str = "val_top1"  # the validation metric that chose the best checkpoint
     best_metric: float | None = None  # its value at best_epoch
+    # device, precision, channels_last, compile: what the run trained with
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device for ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when
+    present, then MPS, then CPU). Asking for a device this machine lacks is a ValueError."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    name = device.strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not has_mps:
+            raise ValueError(
+                "device mps was asked for but torch.backends.mps.is_available() is false on "
+                "this machine; use --device cpu (or auto, which picks what is present)"
+            )
+        return torch.device("mps")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name} was asked for but torch.cuda.is_available() is false (no GPU, "
+                "or a CPU-only torch build); use --device cpu (or auto, which picks what is "
+                "present), or install a CUDA build of torch on a machine with a GPU"
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name} was asked for but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}); use one of them"
+            )
+        return dev
+    raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+
+
+def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """``t`` on ``dev``; to CUDA through pinned memory with a non-blocking copy (without
+    CUDA, pinning does not apply and this is a plain ``.to``)."""
+    if dev.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
+def _channels_last(x: torch.Tensor, on: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if on and x.dim() == 4 else x
+
+
+def _make_scaler(precision: str, dev: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler: active for fp16 only (disabled, it passes everything through)."""
+    return torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -148,6 +229,7 @@ def validate(
         with torch.no_grad():
             for x, y, idx in normalized_batches(split, recipe.eval_batch_size):
                 x, y = x.to(dev), y.to(dev)
+                x = _channels_last(x, recipe.channels_last)
                 labelled = task.uses_labels
                 batch = Batch(
                     views=[x] * task.views,
@@ -181,6 +263,7 @@ def fit(
     resume: bool = True,
     max_seconds: float | None = None,
     progress: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` with ``recipe``; choose checkpoints on ``data.val``.
 
@@ -192,6 +275,8 @@ def fit(
     included); the run stops cleanly after the step that passes it, with a checkpoint,
     and status ``stopped_time``. ``progress``: show a progress bar (default: only when
     stderr is a terminal). ``recipe.ema`` adds an :class:`EMA` callback unless one is given.
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``; the model is moved there
+    (default: it trains where its parameters are). See "Devices and precision" above.
     """
     recipe = load_recipe(recipe)
     if not isinstance(data, DataBundle):
@@ -212,6 +297,19 @@ def fit(
             f"use recipe.replace(task={task.name!r}) so that the run records its task"
         )
     task.check(model, data)
+    dev = model_device(model) if device is None else resolve_device(device)
+    if recipe.precision == "fp16" and dev.type != "cuda":
+        raise ValueError(
+            f"precision fp16 needs a CUDA device (autocast with a gradient scaler), and this "
+            f"run trains on {dev.type}; use precision bf16 or fp32 on {dev.type}, or "
+            "--device cuda on a machine with a GPU"
+        )
+    if device is not None:
+        model.to(dev)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.compile:
+        model.compile()  # in place: parameters and state_dict names stay the model's own
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +339,7 @@ class _Run:
         self.best_path = out / "checkpoints" / BEST
         self.metrics_path = out / "metrics.jsonl"
         self.dev = model_device(model)
+        self.scaler = _make_scaler(recipe.precision, self.dev)
         # slices of the in-memory tensor, or worker-decoded batches of a streamed split
         self.loader = make_loader(
             data.train, recipe.batch_size, shuffle=True, drop_last=True, seed=recipe.seed
@@ -338,6 +437,8 @@ class _Run:
             sd = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
             if sd and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(sd)
+        if self.scaler.is_enabled() and self.s.get("scaler"):
+            self.scaler.load_state_dict(self.s["scaler"])
         if self.s["status"] in ("stopped_time", "stopped"):
             self.s["status"] = "running"
         if self.s["step_in_epoch"] > 0:
@@ -346,6 +447,8 @@ class _Run:
             self.aug_gen.set_state(extra["rng/aug"])
 
     def save_last(self) -> None:
+        if self.scaler.is_enabled():
+            self.s["scaler"] = self.scaler.state_dict()
         extra = {"rng/torch": torch.get_rng_state()}
         if self.aug_gen is not None:
             extra["rng/aug"] = self.aug_gen.get_state()
@@ -404,15 +507,16 @@ class _Run:
         return self.time_before + time.perf_counter() - self.t_call
 
     def make_batch(self, xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor) -> Batch:
-        xb, yb = xb.to(self.dev), yb.to(self.dev)
+        xb, yb = to_device(xb, self.dev), to_device(yb, self.dev)
         x, t = self.aug(xb, yb, self.aug_gen)
         views = [x] + [self.aug.view(xb, self.aug_gen) for _ in range(self.task.views - 1)]
+        views = [_channels_last(v, self.recipe.channels_last) for v in views]
         labelled = self.task.uses_labels
         return Batch(
             views=views,
             targets=t if labelled else None,
             labels=yb if labelled else None,
-            index=index.to(self.dev),
+            index=to_device(index, self.dev),
             raw=xb,
         )
 
@@ -463,7 +567,8 @@ class _Run:
                 s["status"] = "failed_nan"
                 break
             self.call("on_before_optimizer_step", state)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # disabled (not fp16): optimizer.step()
+            self.scaler.update()
             t2 = time.perf_counter()
             b = len(batch)
             loss_value = float(loss.detach())
@@ -509,12 +614,15 @@ class _Run:
         bad = not math.isfinite(float(loss.detach()))
         if not bad:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)  # callbacks and clipping see true gradients
             self.call("on_after_backward", self.state)
             if self.recipe.grad_clip > 0:
                 params = [*self.model.parameters(), *self.task.trainable.parameters()]
                 norm = nn.utils.clip_grad_norm_(params, self.recipe.grad_clip)
-                bad = not math.isfinite(float(norm))
+                # with a scaler, overflowing gradients skip the step (scaler.step) instead
+                bad = not math.isfinite(float(norm)) and not self.scaler.is_enabled()
         if bad:
             self.error = (
                 f"loss became {float(loss.detach())} at epoch {epoch + 1}, step "
@@ -604,6 +712,12 @@ class _Run:
             error=self.error,
             monitor=self.task.monitor[0],
             best_metric=s["best_value"],
+            runtime={
+                "device": str(self.dev),
+                "precision": self.recipe.precision,
+                "channels_last": self.recipe.channels_last,
+                "compile": self.recipe.compile,
+            },
         )
         self.call("on_fit_end", self.state, result)  # callbacks may add to result.extras
         atomic_write_text(

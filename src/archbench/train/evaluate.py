@@ -27,7 +27,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """Autocast on ``device`` for a recipe's ``precision`` (``fp32``: off)."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def normalized_batches(

@@ -46,7 +46,7 @@ _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "constant"),
     "crop": ("rrc", "pad", "none"),
-    "precision": ("fp32", "bf16"),
+    "precision": ("fp32", "bf16", "fp16"),
 }
 
 
@@ -63,6 +63,11 @@ class Recipe:
     ``drop_rate`` are recorded here and passed by the caller when it builds the model.
     ``task`` names what a training step computes (a registered task, see
     :mod:`archbench.train.tasks`) and ``task_args`` its arguments, both validated here.
+    ``precision`` is the autocast of the training and validation steps (``fp32``: none;
+    ``bf16``; ``fp16``, with a gradient scaler, on CUDA only); ``channels_last`` stores the
+    model and the input batches in NHWC order; ``compile`` trains ``torch.compile(model)``.
+    The device is not part of the recipe: ``fit(..., device=)`` or ``archbench train
+    --device`` (see docs/training.md, "Devices and precision").
     """
 
     name: str = "custom"
@@ -100,6 +105,8 @@ class Recipe:
     ema: bool = False
     ema_decay: float = 0.999
     precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
     deterministic: bool = True
     checkpoint_every_steps: int = 0
@@ -191,6 +198,9 @@ class Recipe:
         d = dataclasses.asdict(self)
         if d["layer_decay"] == 1.0:  # off: recipes (and run keys) read as they did before it
             del d["layer_decay"]
+        for key in ("channels_last", "compile"):  # likewise when off
+            if not d[key]:
+                del d[key]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
