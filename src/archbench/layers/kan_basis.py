@@ -409,6 +409,53 @@ class RSWAFBasis(RBFBasis):
 # ----- orthogonal polynomials -----------------------------------------------------------
 
 
+class _PolyFunction(torch.autograd.Function):
+    """Three-term-recurrence polynomial features with an analytic backward.
+
+    With p_0 = 1, p_1 = A_0 t + B_0 and p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}, the
+    derivatives follow the differentiated recurrence d_0 = 0, d_1 = A_0,
+    d_{n+1} = A_n p_n + (A_n t + B_n) d_n - C_n d_{n-1}. The forward computes them on
+    contiguous x-shaped tensors (all times 1 - tanh(x)^2 under the tanh squash, which is
+    linear in the recurrence, so it enters through d_1 and the A_n p_n terms) and keeps them,
+    so the backward is one multiply-add per degree: dx = sum_n grad_n d_n.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coefs, n_basis: int, squash: bool):  # type: ignore[override]
+        t = torch.tanh(x) if squash else x
+        buf = t.new_empty(n_basis, *t.shape)  # degree-major: every write is contiguous
+        buf[0] = 1.0
+        a0, b0, _ = coefs[0]
+        torch.add(t * a0, b0, out=buf[1])
+        dt = 1 - t * t if squash else None
+        # d_1 = A_0 is constant: fold the squash derivative into it at once
+        derivs = [dt * a0 if squash else torch.full_like(t, a0)]
+        for n in range(1, n_basis - 1):
+            a, b, c = coefs[n]
+            lin = t * a + b if b else t * a
+            # d/dx of p_{n+1}: the squash factor enters the first term only, the others
+            # (derivs) carry it already
+            d = buf[n] * dt * a if squash else buf[n] * a
+            d = d.addcmul_(lin, derivs[-1])
+            if n > 1:
+                d = d.sub_(derivs[-2], alpha=c)
+            derivs.append(d)
+            torch.sub(lin * buf[n], buf[n - 1], alpha=c, out=buf[n + 1])
+        ctx.save_for_backward(*derivs)
+        return buf.movedim(0, -1).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        derivs = ctx.saved_tensors
+        gx = grad[..., 1] * derivs[0]
+        for n in range(2, grad.shape[-1]):
+            gx.addcmul_(grad[..., n], derivs[n - 1])
+        return gx, None, None, None
+
+
 class _PolynomialBasis(KANBasis):
     """Degrees 0..``degree`` of a three-term recurrence on ``squash(x)``.
 
@@ -432,8 +479,17 @@ class _PolynomialBasis(KANBasis):
     def polys(self, t: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def recurrence(self) -> list[tuple[float, float, float]] | None:
+        """(A_n, B_n, C_n), n = 0 .. degree - 1, with p_1 = A_0 t + B_0 and
+        p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}; None where a coefficient is learned."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
+        coefs = self.recurrence()
+        if coefs is not None and self.n_basis > 1 and x.device.type != "meta":
+            # one preallocated output and an analytic backward (same values as ``polys``)
+            return _PolyFunction.apply(x, coefs, self.n_basis, self.squash == "tanh")
         t = torch.tanh(x) if self.squash == "tanh" else x
         return torch.stack(self.polys(t), dim=-1)
 
@@ -448,6 +504,9 @@ class ChebyshevBasis(_PolynomialBasis):
             out.append(2 * t * out[-1] - out[-2])
         return out[: self.degree + 1]
 
+    def recurrence(self) -> list[tuple[float, float, float]]:
+        return [(1.0, 0.0, 0.0)] + [(2.0, 0.0, 1.0)] * max(self.degree - 1, 0)
+
 
 @register_basis("legendre")
 class LegendreBasis(_PolynomialBasis):
@@ -458,6 +517,10 @@ class LegendreBasis(_PolynomialBasis):
         for n in range(1, self.degree):
             out.append(((2 * n + 1) * t * out[-1] - n * out[-2]) / (n + 1))
         return out[: self.degree + 1]
+
+    def recurrence(self) -> list[tuple[float, float, float]]:
+        rest = [((2 * n + 1) / (n + 1), 0.0, n / (n + 1)) for n in range(1, self.degree)]
+        return [(1.0, 0.0, 0.0)] + rest
 
 
 @register_basis("gram")
@@ -515,6 +578,11 @@ class GramBasis(_PolynomialBasis):
             out.append(t * out[-1] - self.beta(n) * out[-2])
         return out[: self.degree + 1]
 
+    def recurrence(self) -> list[tuple[float, float, float]] | None:
+        if self.beta_weights is not None:
+            return None  # learned coefficients: autograd through ``polys``
+        return [(1.0, 0.0, 0.0)] + [(1.0, 0.0, self.betas[n]) for n in range(1, self.degree)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = super().forward(x)
         return F.silu(feats) if self.post_act == "silu" else feats
@@ -529,6 +597,9 @@ class HermiteBasis(_PolynomialBasis):
         for n in range(1, self.degree):
             out.append(t * out[-1] - n * out[-2])
         return out[: self.degree + 1]
+
+    def recurrence(self) -> list[tuple[float, float, float]]:
+        return [(1.0, 0.0, 0.0)] + [(1.0, 0.0, float(n)) for n in range(1, self.degree)]
 
 
 @register_basis("jacobi")
@@ -559,6 +630,18 @@ class JacobiBasis(_PolynomialBasis):
             a4 = 2 * (n + a - 1) * (n + b - 1) * c
             out.append(((a2 + a3 * t) * out[-1] - a4 * out[-2]) / a1)
         return out[: self.degree + 1]
+
+    def recurrence(self) -> list[tuple[float, float, float]]:
+        a, b = self.alpha, self.beta
+        coefs = [(0.5 * (a + b + 2), 0.5 * (a - b), 0.0)]
+        for n in range(2, self.degree + 1):  # the step that makes p_n from p_{n-1}
+            c = 2 * n + a + b
+            a1 = 2 * n * (n + a + b) * (c - 2)
+            a2 = (c - 1) * (a * a - b * b)
+            a3 = (c - 2) * (c - 1) * c
+            a4 = 2 * (n + a - 1) * (n + b - 1) * c
+            coefs.append((a3 / a1, a2 / a1, a4 / a1))
+        return coefs
 
 
 # ----- wavelets (Wav-KAN) ---------------------------------------------------------------
