@@ -29,6 +29,16 @@ def test_the_saved_compressed_model_reloads(tmp_path, capsys, model, method, arg
     capsys.readouterr()
     assert rec["saved"] and rec["reloads"], rec["reload_error"]
     reloaded, info = load_trained(tmp_path / "out")
+    # "before" is the original model, counted here independently of the command
+    from archbench.bench.measure import count_flops
+    from archbench.models import create_model
+
+    kw = json.loads((run / "model.json").read_text())["kwargs"]
+    original = create_model(model, **kw)
+    assert rec["before"]["macs"] == count_flops(original, 16)["macs"]
+    assert rec["before"]["params"] == sum(p.numel() for p in original.parameters())
+    if method in ("evit", "sit", "optin", "structured", "n2n"):
+        assert rec["after"]["macs"] < rec["before"]["macs"]
     # the rebuilt model is the measured one: same size, same accuracy on the same split
     assert sum(p.numel() for p in reloaded.parameters()) == rec["after"]["params"]
     data = load_dataset(DATA, seed=0)

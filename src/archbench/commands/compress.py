@@ -12,6 +12,7 @@ the pruned structure, so ``archbench.runs.load_trained(DIR)`` rebuilds it).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -145,7 +146,9 @@ def compress_run(
     original = snapshot(model)
     # compress first (a copy): a layer the method cannot handle fails before anything is
     # measured or written (a method that writes creates ``ctx.out_dir`` itself)
-    result = compress(model, ctx)  # no output before: a refusal stays one line
+    # methods that work in place (token pruning, masks) change the copy, never ``model``,
+    # which is measured as the original below
+    result = compress(copy.deepcopy(model), ctx)  # no output before: a refusal stays one line
     log(f"compressed {info['model']} with {method} {args or ''}")
     compressed = result.model
     out.mkdir(parents=True, exist_ok=True)
