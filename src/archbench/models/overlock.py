@@ -63,31 +63,7 @@ _OVERLOCK_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 class OverLoCKDilatedBlock(DilatedReparamBlock):
     """UniRepLKNet's dilated reparam block with OverLoCK's branch table (same fusion)."""
 
-    def __init__(self, channels: int, kernel_size: int) -> None:
-        nn.Module.__init__(self)  # the parent's __init__ reads UniRepLKNet's table
-        if kernel_size not in _OVERLOCK_BRANCHES:
-            raise ValueError(
-                f"kernel_size must be one of {sorted(_OVERLOCK_BRANCHES)}, got {kernel_size}"
-            )
-        self.channels, self.kernel_size = channels, kernel_size
-        self.kernel_sizes, self.dilations = _OVERLOCK_BRANCHES[kernel_size]
-        self.lk_origin = nn.Conv2d(
-            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
-        )
-        self.origin_bn = nn.BatchNorm2d(channels)
-        self.dil_convs = nn.ModuleList(
-            nn.Conv2d(
-                channels,
-                channels,
-                k,
-                padding=r * (k - 1) // 2,
-                dilation=r,
-                groups=channels,
-                bias=False,
-            )
-            for k, r in zip(self.kernel_sizes, self.dilations)
-        )
-        self.dil_bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in self.kernel_sizes)
+    branches = _OVERLOCK_BRANCHES
 
 
 def window_starts(size: int, kernel: int, device: torch.device | None = None) -> torch.Tensor:

@@ -46,15 +46,18 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 class DilatedReparamBlock(nn.Module):
     """Depthwise kxk conv-BN plus parallel dilated small-kernel conv-BN branches (UniRepLKNet)."""
 
+    # kernel size -> (branch kernel sizes, dilations); a subclass may give its own table
+    branches: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = DILATED_BRANCHES
+
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
-        if kernel_size not in DILATED_BRANCHES:
+        if kernel_size not in self.branches:
             raise ValueError(
-                f"DilatedReparamBlock kernel_size must be one of {sorted(DILATED_BRANCHES)}, "
+                f"{type(self).__name__} kernel_size must be one of {sorted(self.branches)}, "
                 f"got {kernel_size}"
             )
         self.channels, self.kernel_size = channels, kernel_size
-        self.kernel_sizes, self.dilations = DILATED_BRANCHES[kernel_size]
+        self.kernel_sizes, self.dilations = self.branches[kernel_size]
         self.lk_origin = nn.Conv2d(
             channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
         )
