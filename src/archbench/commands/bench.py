@@ -8,6 +8,12 @@ import json
 import torch
 
 from archbench.bench import environment, measure_latency, measure_model, measure_throughput
+from archbench.bench.train_speed import (
+    count_train_flops,
+    measure_peak_flops,
+    measure_train_throughput,
+    train_utilization,
+)
 from archbench.models import create_model, get_model_card
 from archbench.optimize import optimize
 
@@ -58,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also time archbench.optimize(model) (BN folded, reparameterized, channels_last), "
         "measured the same way, beside eager",
     )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="also time training steps (forward, backward, SGD) at --batch and report the "
+        "step's FLOP/s as a share of this machine's fp32 matrix-multiply rate",
+    )
     p.add_argument("--out", help="also write the JSON records to this file")
     p.set_defaults(func=run_bench)
 
@@ -70,11 +82,14 @@ def bench_models(
     throughput_seconds: float = 1.0,
     model_kwargs: dict[str, dict] | None = None,
     optimized: bool = False,
+    train: bool = False,
 ) -> list[dict]:
     """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``).
 
     With ``optimized``, ``archbench.optimize(model)`` is timed too, by the same functions
     and settings, under the record's ``optimized`` key (or the reason it was refused).
+    With ``train``, training steps are timed at ``batch`` and their counted FLOPs set
+    against the machine's fp32 matmul rate (measured once), under the ``train`` key.
     """
     for name in names:  # validate every name before measuring any
         get_model_card(name)
@@ -90,6 +105,7 @@ def bench_models(
         with torch.device("meta"):  # a bad argument fails here, before anything is timed
             create_model(name, **kwargs)
         kwargs_of[name] = kwargs
+    peak = measure_peak_flops("fp32") if train else None
     records = []
     for name in progress(names, desc="bench"):
         torch.manual_seed(0)
@@ -106,6 +122,8 @@ def bench_models(
             rec["model_kwargs"] = kwargs_of[name]
         if optimized:
             rec["optimized"] = _measure_optimized(model, rec, batch, repeats, throughput_seconds)
+        if peak is not None:
+            rec["train"] = _measure_train(model, rec, batch, throughput_seconds, peak)
         records.append(rec)
     return records
 
@@ -134,6 +152,26 @@ def _measure_optimized(
     }
 
 
+def _measure_train(
+    model: torch.nn.Module, rec: dict, batch: int, seconds: float, peak: dict
+) -> dict:
+    """Training images/s at ``batch``, the step's FLOPs and its share of the matmul rate."""
+    h, w = rec["img_size"]
+    if batch < 2:
+        return {"refused": "a training step needs --batch >= 2 (batch statistics)"}
+    thr = measure_train_throughput(model, (h, w), batch=batch, min_seconds=seconds)
+    flops = count_train_flops(model, (h, w))
+    util = train_utilization(thr.images_per_s, flops["train_flops_per_image"], peak["flops_per_s"])
+    return {
+        "images_per_s": thr.images_per_s,
+        "detail": thr.to_dict(),
+        **flops,
+        **util,
+        "peak_flops_per_s": peak["flops_per_s"],
+        "peak": peak,
+    }
+
+
 def _rows(records: list[dict]) -> list[dict]:
     return [
         {
@@ -147,6 +185,11 @@ def _rows(records: list[dict]) -> list[dict]:
             "opt_latency_ms": r.get("optimized", {}).get("latency_ms"),
             "opt_throughput": r.get("optimized", {}).get("throughput"),
             "opt_speedup": r.get("optimized", {}).get("throughput_speedup"),
+            "train_ips": r.get("train", {}).get("images_per_s"),
+            "train_gflops": r.get("train", {}).get("train_flops_per_s", 0) / 1e9 or None,
+            "train_util": 100 * r["train"]["utilization"]
+            if "utilization" in r.get("train", {})
+            else None,
         }
         for r in records
     ]
@@ -161,10 +204,25 @@ def print_bench_table(records: list[dict], batch: int) -> None:
             ("opt_throughput", "optimized img/s"),
             ("opt_speedup", "img/s speed-up"),
         ]
+    if any("train" in r for r in records):
+        columns += [
+            ("train_ips", "train img/s"),
+            ("train_gflops", "train GFLOP/s"),
+            ("train_util", "of matmul peak (%)"),
+        ]
     print(format_table(_rows(records), columns))
     for r in records:
         if "refused" in r.get("optimized", {}):
             print(f"{r['model']}: optimize refused: {r['optimized']['refused']}")
+        if "refused" in r.get("train", {}):
+            print(f"{r['model']}: training not timed: {r['train']['refused']}")
+    peaks = [r["train"]["peak"] for r in records if "peak" in r.get("train", {})]
+    if peaks:
+        print(
+            f"training: forward + backward + SGD step at batch {batch}; FLOPs counted "
+            f"(matmul, conv, attention); matmul peak {peaks[0]['flops_per_s'] / 1e9:.0f} "
+            f"GFLOP/s (fp32, {peaks[0]['n']}x{peaks[0]['n']})."
+        )
     print(
         f"\nCPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}; latency: batch 1, "
         f"median of timed passes after warm-up; throughput and peak memory: batch {batch}, eval mode."
@@ -183,6 +241,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.repeats,
         model_kwargs=kwargs,
         optimized=args.optimized,
+        train=args.train,
     )
     if args.out:
         with open(args.out, "w") as f:

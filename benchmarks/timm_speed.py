@@ -1,0 +1,235 @@
+"""Eager speed against timm on every architecture both libraries have, in one run.
+
+For each architecture of ``timm_parity.CASES`` (the pairs whose timm weights load into
+archbench and give timm's logits) one process builds the timm model and the archbench
+model side by side, with random weights, and times three cases:
+
+- ``inf224``: inference at 224x224 (the case's own size where it differs), batch 8;
+- ``train224``: a training step (forward, cross-entropy, backward, SGD step) at the same
+  size, batch 8;
+- ``train32``: a training step at 32x32, batch 64, the CPU-scale regime (both models
+  built for 32x32 where they take an ``img_size``; skipped with the reason where either
+  library cannot run the architecture at that size).
+
+Both models live in one process and their steps alternate (the order flips every
+repetition), so the machine's load and the process's allocator state fall on both
+alike; each case reports both medians and the median of the per-repetition ratios
+``timm time / archbench time`` (> 1: archbench is faster). Two processes on a shared
+machine differ by more than the gaps being looked for; one process does not.
+
+Each case also records the operator calls of one step of each model (counted by a
+``TorchDispatchMode``) that the other model does not make: a structural difference
+(an extra copy, a missing in-place op) shows there, whatever the timings say.
+
+The process runs in the peers venv (``/work/shared/peers``; ``bash setup.sh`` makes
+``/tmp/peers-venv``), with archbench's ``src`` on ``PYTHONPATH``; the benchmark skips
+cleanly when the venv is absent.
+
+    .venv/bin/python benchmarks/timm_speed.py [--only resnet50 ...] [--cases inf224,train32]
+        [--reps 7] [--threads 2]
+
+Writes ``benchmarks/results/timm_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS = Path("/work/shared/peers")
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(HERE))
+from timm_parity import CASES  # noqa: E402
+
+ALL_CASES = ("inf224", "train224", "train32")
+
+WORKER = r"""
+import collections, json, statistics, sys, time
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+timm_name, ours, side, cases, reps, threads = sys.argv[1:7]
+side, reps, threads = int(side), int(reps), int(threads)
+torch.set_num_threads(threads)
+import timm
+import archbench
+
+
+class Calls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def create(factory, name, img):
+    torch.manual_seed(0)
+    if img is not None:  # built for the size where the constructor takes one
+        try:
+            return factory(name, num_classes=1000, img_size=img)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+    return factory(name, num_classes=1000)
+
+
+def build(img):
+    return {
+        "timm": create(timm.create_model, timm_name, img),
+        "archbench": create(archbench.create_model, ours, img),
+    }
+
+
+def stepper(model, mode, x, y):
+    if mode == "inf":
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                model(x)
+    else:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return step
+
+
+def run_case(case):
+    mode = "inf" if case.startswith("inf") else "train"
+    img, batch = (side, 8) if case.endswith("224") else (32, 64)
+    try:
+        models = build(None if img == side else img)
+    except Exception as err:
+        return {"skipped": f"{type(err).__name__}: {str(err)[:300]}"}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, img, img, generator=g)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    calls = {}
+    for lib, m in models.items():  # one step under the counter: the operator mix
+        probe = stepper(m, mode, x[:2], y[:2])
+        try:
+            with Calls() as c:
+                probe()
+        except Exception as err:
+            return {"skipped": f"{lib}: {type(err).__name__}: {str(err)[:300]}"}
+        calls[lib] = c.calls
+    steps = {lib: stepper(m, mode, x, y) for lib, m in models.items()}
+    for _ in range(2):
+        for s in steps.values():
+            s()
+    times = {lib: [] for lib in steps}
+    ratios = []
+    for r in range(reps):
+        order = ("timm", "archbench") if r % 2 == 0 else ("archbench", "timm")
+        t = {}
+        for lib in order:
+            t0 = time.perf_counter()
+            steps[lib]()
+            t[lib] = time.perf_counter() - t0
+            times[lib].append(t[lib])
+        ratios.append(t["timm"] / t["archbench"])
+    med = {lib: statistics.median(v) for lib, v in times.items()}
+    return {
+        "img_size": img,
+        "batch": batch,
+        "timm_ms": med["timm"] * 1e3,
+        "archbench_ms": med["archbench"] * 1e3,
+        "ratio": med["timm"] / med["archbench"],
+        "paired_ratio": statistics.median(ratios),
+        "ratio_min_max": [min(ratios), max(ratios)],
+        "calls": {lib: sum(c.values()) for lib, c in calls.items()},
+        "only_timm": dict(calls["timm"] - calls["archbench"]),
+        "only_archbench": dict(calls["archbench"] - calls["timm"]),
+    }
+
+
+print(json.dumps({case: run_case(case) for case in cases.split(",")}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
+    ap.add_argument("--only", nargs="*", help="archbench names to run (default: every case)")
+    ap.add_argument("--cases", default=",".join(ALL_CASES))
+    ap.add_argument("--reps", type=int, default=7, help="timed repetitions per library")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "timm_speed.json"))
+    args = ap.parse_args()
+    unknown = set(args.cases.split(",")) - set(ALL_CASES)
+    if unknown:
+        ap.error(f"unknown case(s) {sorted(unknown)}; choose from {list(ALL_CASES)}")
+    if not Path(args.peers_python).is_file():
+        print(
+            f"skipped: no peers venv at {args.peers_python} "
+            f"(run `bash {PEERS}/setup.sh` to make one)"
+        )
+        return 0
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{PEERS / 'shim'}{os.pathsep}{SRC}",
+        OMP_NUM_THREADS=str(args.threads),
+    )
+    rows = []
+    t_start = time.time()
+    load_before = os.getloadavg()
+    for timm_name, ours, side in CASES:
+        if args.only and ours not in args.only:
+            continue
+        cmd = [args.peers_python, "-c", WORKER, timm_name, ours, str(side), args.cases]
+        proc = subprocess.run(
+            cmd + [str(args.reps), str(args.threads)], env=env, capture_output=True, text=True
+        )
+        row: dict = {"timm": timm_name, "archbench": ours}
+        if proc.returncode:
+            row["error"] = proc.stderr.strip()[-800:]
+        else:
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(row)
+        cells = [
+            f"{c} {row[c]['paired_ratio']:.2f}" if "paired_ratio" in row.get(c, {}) else f"{c} -"
+            for c in args.cases.split(",")
+        ]
+        print(f"{ours:28s} " + "  ".join(cells), flush=True)
+    summary = {
+        c: {
+            "cases": sum(1 for r in rows if "paired_ratio" in r.get(c, {})),
+            "below_1": sorted(
+                r["archbench"] for r in rows if r.get(c, {}).get("paired_ratio", 1.0) < 1.0
+            ),
+        }
+        for c in args.cases.split(",")
+    }
+    result = {
+        "conditions": {
+            "threads": args.threads,
+            "reps": args.reps,
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg(),
+            "wall_s": time.time() - t_start,
+            "ratio": "timm time / archbench time; > 1: archbench is faster",
+        },
+        "summary": summary,
+        "cases": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Training speed: counted step FLOPs, the matmul rate, timed steps and utilization."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+
+from archbench.bench.train_speed import (
+    count_train_flops,
+    measure_peak_flops,
+    measure_train_throughput,
+    train_utilization,
+)
+from archbench.commands.bench import bench_models, print_bench_table
+
+
+class TinyMLP(nn.Module):
+    """3x2x2 input -> 12 features -> 8 -> 5, with a BatchNorm so train mode matters."""
+
+    in_chans = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.fc2 = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x.flatten(1)))))
+
+
+def fake_clock(step: float = 0.01):
+    ticks = itertools.count()
+    return lambda: next(ticks) * step
+
+
+def test_train_flops_counted_by_hand():
+    flops = count_train_flops(TinyMLP(), (2, 2), batch=4)
+    # forward: 2 FLOPs per multiply-add, 12*8 + 8*5 multiply-adds per image
+    assert flops["forward_flops_per_image"] == 2 * (12 * 8 + 8 * 5)
+    # backward: fc2 needs its weight gradient and its input gradient (8*5 each); fc1 only
+    # its weight gradient (12*8): the image itself does not require a gradient
+    assert flops["backward_flops_per_image"] == 2 * (8 * 5 + 8 * 5 + 12 * 8)
+    assert flops["train_flops_per_image"] == 2 * (2 * 12 * 8 + 3 * 8 * 5)
+
+
+def test_peak_flops_is_two_n_cubed_over_the_median_time():
+    # every timer reading is 10 ms after the last: calibration finds 10 calls per 0.1 s
+    # repeat, so each multiply is timed at 1 ms
+    peak = measure_peak_flops("fp32", n=64, timer=fake_clock(0.01))
+    assert peak["flops_per_s"] == pytest.approx(2 * 64**3 / 1e-3)
+    assert peak["n"] == 64 and peak["dtype"] == "fp32"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        measure_peak_flops("fp8")
+
+
+def test_train_throughput_steps_a_copy_and_counts_images():
+    torch.manual_seed(0)
+    model = TinyMLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = measure_train_throughput(
+        model, (2, 2), batch=6, repeats=3, min_seconds=0.3, timer=fake_clock(0.01)
+    )
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN stats kept
+    # calibration: one step "takes" 10 ms, a repeat should last 0.3 / 3 s -> 10 steps
+    assert res.number == 10
+    assert res.images_per_s == pytest.approx(6 / (0.01 / 10))
+    assert not res.unstable
+
+
+def test_train_throughput_really_trains(monkeypatch):
+    calls = []
+    real = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    measure_train_throughput(
+        TinyMLP(), (2, 2), batch=4, warmup=1, repeats=2, number=3, max_ratio=1e9
+    )
+    assert len(calls) == 1 + 2 * 3  # warm-up plus every timed step
+
+
+def test_train_bad_input():
+    with pytest.raises(ValueError, match="batch >= 2"):
+        measure_train_throughput(TinyMLP(), (2, 2), batch=1)
+    with pytest.raises(ValueError, match="peak FLOP/s must be positive"):
+        train_utilization(10.0, 100.0, 0.0)
+
+    class Features(nn.Module):
+        in_chans = 3
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="classifier returning"):
+        measure_train_throughput(Features(), (2, 2), batch=2)
+
+
+def test_utilization_is_achieved_over_peak():
+    util = train_utilization(images_per_s=50.0, train_flops_per_image=3e9, peak_flops_per_s=2e11)
+    assert util["train_flops_per_s"] == 1.5e11
+    assert util["utilization"] == pytest.approx(0.75)
+
+
+def test_bench_train_reports_utilization(capsys):
+    (rec,) = bench_models(["resnet_pico"], 32, 4, repeats=2, throughput_seconds=0.05, train=True)
+    train = rec["train"]
+    assert train["detail"]["batch"] == 4
+    expected = train["images_per_s"] * train["train_flops_per_image"] / train["peak_flops_per_s"]
+    assert train["utilization"] == pytest.approx(expected)
+    # a training step costs more than the forward pass alone (2 FLOPs per MAC)
+    assert train["train_flops_per_image"] > 2 * rec["macs"]
+    assert train["forward_flops_per_image"] == pytest.approx(2 * rec["macs"], rel=1e-6)
+    print_bench_table([rec], 4)
+    out = capsys.readouterr().out
+    assert "train img/s" in out.splitlines()[0] and "matmul peak" in out
