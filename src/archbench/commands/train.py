@@ -3,6 +3,10 @@
 The run folder gets ``model.json`` (model name and the arguments it was built with, the
 data spec and seed), so ``archbench eval DIR`` can rebuild the model. Re-running the same
 command resumes from the last checkpoint.
+
+Under ``torchrun --nproc_per_node=N -m archbench train ...`` the same arguments train
+with N processes (DistributedDataParallel): the recipe's batch size is the effective
+batch, split evenly over the processes; only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from archbench.data import load_dataset
 from archbench.models import create_model, get_model_card
 from archbench.train import create_task, fit, list_recipes, load_recipe
 from archbench.train.checkpoint import atomic_write_text
+from archbench.train.distributed import check_sync_batchnorm, env_ranks, per_rank_batch
 from archbench.train.engine import resolve_device
 
 from ._common import (
@@ -82,6 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where to train (default cpu; auto picks cuda, then mps, then cpu); the "
         "recipe's precision, channels_last and compile (--set) choose the rest",
     )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun, synchronize BatchNorm statistics over the processes "
+        "(SyncBatchNorm; CUDA only)",
+    )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_train)
@@ -117,6 +128,11 @@ def run_train(args: argparse.Namespace) -> int:
             f"precision fp16 needs --device cuda (a gradient scaler on a GPU); on {device.type} "
             "use --set precision=bf16 or precision=fp32"
         )
+    rank, world, _ = env_ranks()
+    if world > 1:  # under torchrun: an effective batch the processes cannot share fails here
+        per_rank_batch(recipe.batch_size, world)
+        if args.sync_bn:
+            check_sync_batchnorm(device)
     data_seed = recipe.seed if args.data_seed is None else args.data_seed
     data = load_dataset(args.data, seed=data_seed)
     kwargs = dict(
@@ -143,8 +159,9 @@ def run_train(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.pretrained, **kwargs)
     task = create_task(recipe.task, recipe.task_args)
     task.check(model, data)  # before anything is written: a bad run leaves no model.json
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(model_json, json.dumps(info, indent=2) + "\n")
+    if rank == 0:  # under torchrun only rank 0 writes files
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(model_json, json.dumps(info, indent=2) + "\n")
     res = fit(
         model,
         data,
@@ -154,7 +171,10 @@ def run_train(args: argparse.Namespace) -> int:
         resume=not args.fresh,
         max_seconds=args.max_seconds,
         device=device,
+        sync_bn=args.sync_bn,
     )
+    if rank > 0:  # rank 0 reports for every process
+        return 1 if res.status == "failed_nan" else 0
     if args.json:
         print_json(res.to_dict())
     else:

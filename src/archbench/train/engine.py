@@ -47,6 +47,19 @@ in NHWC order; ``recipe.compile`` compiles the model in place (``nn.Module.compi
 same parameters and checkpoint names). On CUDA, batches are copied from pinned memory
 with ``non_blocking=True``. What was used is in ``FitResult.runtime``.
 
+Multi-process training: under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment,
+more than one process) ``fit`` joins the process group (gloo on CPU, nccl on CUDA with
+``cuda:LOCAL_RANK``), and DistributedDataParallel runs each step, averaging the gradients
+of the model and the task's trainable modules; the model itself stays unwrapped, so
+checkpoints move between any numbers of processes. ``recipe.batch_size`` is the effective
+batch: rank ``r`` trains on the ``r``-th contiguous part of every global batch of the
+one-process order. Validation batches are shared out and their sums combined; epoch
+sums and stop decisions (time budget, a callback's stop, a non-finite loss) are agreed
+over the ranks. Only rank 0 writes files and shows progress; a checkpoint holds every
+rank's RNG states. Rank ``r > 0`` draws its own augmentation and dropout (seeds from
+:func:`archbench.train.distributed.rank_seed`); rank 0 draws those of one process. See
+:mod:`archbench.train.distributed` and docs/training.md.
+
 Reproducibility: every epoch reseeds the global RNG (dropout, drop-path) and an
 augmentation generator from (seed, epoch), and the shuffling order is a function of
 (seed, epoch). A mid-epoch checkpoint also stores both generators' states, so a resumed
@@ -73,6 +86,7 @@ from ..data.base import DataBundle, ImageTensorDataset
 from ..data.loader import epoch_generator
 from ..data.stream import make_loader
 from ..data.transforms import BatchAugment, one_hot_smooth
+from . import distributed as dist_
 from .callbacks import EMA, TrainState
 from .checkpoint import atomic_write_text, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .evaluate import autocast, check_model_data, evaluate, model_device, normalized_batches
@@ -264,6 +278,7 @@ def fit(
     max_seconds: float | None = None,
     progress: bool | None = None,
     device: str | torch.device | None = None,
+    sync_bn: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` with ``recipe``; choose checkpoints on ``data.val``.
 
@@ -277,6 +292,8 @@ def fit(
     stderr is a terminal). ``recipe.ema`` adds an :class:`EMA` callback unless one is given.
     ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``; the model is moved there
     (default: it trains where its parameters are). See "Devices and precision" above.
+    ``sync_bn``: under torchrun, BatchNorm layers become SyncBatchNorm (CUDA only). See
+    "Multi-process training" above.
     """
     recipe = load_recipe(recipe)
     if not isinstance(data, DataBundle):
@@ -298,6 +315,23 @@ def fit(
         )
     task.check(model, data)
     dev = model_device(model) if device is None else resolve_device(device)
+    rank, world, local_rank = dist_.env_ranks()
+    if world > 1:  # under torchrun: checked before anything moves or is written
+        dist_.per_rank_batch(recipe.batch_size, world)
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"multi-process training runs on cpu (gloo) or cuda (nccl), not {dev.type}; "
+                "use --device cpu or cuda"
+            )
+        if dev.type == "cuda":
+            if dev.index is not None and device is not None and dev.index != local_rank:
+                raise ValueError(
+                    f"under torchrun each process trains on cuda:LOCAL_RANK; rank {rank} has "
+                    f"LOCAL_RANK {local_rank} but {dev} was asked for; use --device cuda"
+                )
+            dev = device = torch.device("cuda", local_rank)
+        if sync_bn and dev.type != "cuda":
+            dist_.check_sync_batchnorm(dev, model)
     if recipe.precision == "fp16" and dev.type != "cuda":
         raise ValueError(
             f"precision fp16 needs a CUDA device (autocast with a gradient scaler), and this "
@@ -312,7 +346,8 @@ def fit(
         model.compile()  # in place: parameters and state_dict names stay the model's own
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
-    ck_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # under torchrun only rank 0 writes files
+        ck_dir.mkdir(parents=True, exist_ok=True)
     callbacks = list(callbacks)
     if recipe.ema and not any(isinstance(c, EMA) for c in callbacks):
         callbacks.append(EMA(recipe.ema_decay))
@@ -320,21 +355,35 @@ def fit(
     prev_det = torch.are_deterministic_algorithms_enabled()
     if recipe.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    dctx = dist_.setup(dev)  # a single process (enabled false) without torchrun
     try:
-        return _Run(model, data, recipe, out, task, callbacks, max_seconds, progress).run(resume)
+        run = _Run(model, data, recipe, out, task, callbacks, max_seconds, progress, dctx)
+        run.sync_bn = bool(sync_bn)
+        return run.run(resume)
     finally:
         torch.use_deterministic_algorithms(prev_det)
+        dist_.cleanup(dctx)
 
 
 class _Run:
     """One call of :func:`fit`: the live objects and the loop, split into short methods."""
 
-    def __init__(self, model, data, recipe, out, task, callbacks, max_seconds, progress) -> None:
+    def __init__(
+        self, model, data, recipe, out, task, callbacks, max_seconds, progress, dctx=None
+    ) -> None:
         self.model, self.data, self.recipe, self.out, self.task = model, data, recipe, out, task
         self.callbacks = callbacks
         self.hooks = [task, *callbacks]  # the task's hooks run first
         self.max_seconds = max_seconds
         self.show = sys.stderr.isatty() if progress is None else bool(progress)
+        # torchrun: rank 0 writes files and shows progress; DDP wraps the step (start())
+        self.dist = dctx if dctx is not None else dist_.DistContext()
+        self.main = self.dist.is_main
+        self.show = self.show and self.main
+        self.sync_bn = False
+        self.ddp: nn.Module | None = None
+        self.runtime_sync_bn = 0
+        self.val_split = data.val
         self.last_path = out / "checkpoints" / LAST
         self.best_path = out / "checkpoints" / BEST
         self.metrics_path = out / "metrics.jsonl"
@@ -344,6 +393,9 @@ class _Run:
         self.loader = make_loader(
             data.train, recipe.batch_size, shuffle=True, drop_last=True, seed=recipe.seed
         )
+        if self.dist.enabled:  # this rank's contiguous part of every global batch
+            self.loader = dist_.RankLoader(self.loader, self.dist.rank, self.dist.world_size)
+            self.val_split = dist_.val_shard(data.val, recipe.eval_batch_size, self.dist)
         self.aug = BatchAugment(
             mean=data.mean,
             std=data.std,
@@ -404,19 +456,56 @@ class _Run:
             steps_per_epoch=len(self.loader),
             task=task,
         )
-        self.state.validate = lambda m: validate(task, m, self.data.val, recipe, self.state)
+        self.state.validate = self.validate_model
         # the task's new modules start from the recipe's seed, whatever the caller's RNG
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed)
             task.setup(model, self.data, recipe)
+        if self.dist.enabled and self.sync_bn:
+            model, self.runtime_sync_bn = dist_.convert_sync_batchnorm(model)
+            self.model = self.state.model = model
+            task.trainable = dist_.convert_sync_batchnorm(task.trainable)[0]
         task.to(self.dev)
         self.call("on_fit_start", self.state)  # may still swap modules: no optimizer yet
         self.optimizer = build_optimizer(task.param_groups(model, recipe), recipe)
         self.state.optimizer = self.optimizer
+        dist_.barrier(self.dist)  # every rank sees the same last checkpoint
         if resume and self.last_path.is_file():
             self.restore()
-        recipe.to_file(self.out / "recipe.yaml")
-        _write_metrics(self.metrics_path, self.s["history"])
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # rank 0's weights and buffers are broadcast to every rank here
+            self.ddp = DistributedDataParallel(
+                dist_.StepModule(self.model, task.trainable, task), device_ids=None
+            )
+        if self.main:
+            recipe.to_file(self.out / "recipe.yaml")
+            _write_metrics(self.metrics_path, self.s["history"])
+
+    def validate_model(self, model: nn.Module) -> dict[str, float]:
+        """The task's validation metrics of ``model`` on the whole validation split; under
+        torchrun each rank evaluates its share of the batches and the sums are combined."""
+        if not self.dist.enabled:
+            return validate(self.task, model, self.data.val, self.recipe, self.state)
+        local: dict[str, float] = {}
+        if self.val_split is not None:
+            val = validate(self.task, model, self.val_split, self.recipe, self.state)
+            n = val.pop("n")
+            local = {k: v * n for k, v in val.items()}
+            local["n"] = n
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(parts, local)
+        sums: dict[str, float] = {}
+        for part in parts:  # in rank order, so every rank adds up the same way
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+        n = sums.pop("n", 0)
+        if n == 0:
+            raise ValueError("validation: the split holds no samples")
+        return {**{k: v / n for k, v in sums.items()}, "n": int(n)}
 
     def restore(self) -> None:
         meta = read_checkpoint_meta(self.last_path)
@@ -428,6 +517,8 @@ class _Run:
             )
         ck = load_checkpoint(self.last_path, self.model, self.optimizer)
         self.s.update(ck["meta"]["state"])
+        for key in ("world_size", "position_in_epoch"):  # written by a torchrun run
+            self.s.pop(key, None)
         extra = ck["extra"]
         self.task.load_state_dict(
             {k[len("task/") :]: v for k, v in extra.items() if k.startswith("task/")}
@@ -441,24 +532,86 @@ class _Run:
             self.scaler.load_state_dict(self.s["scaler"])
         if self.s["status"] in ("stopped_time", "stopped"):
             self.s["status"] = "running"
+        if self.dist.enabled and not self.main:
+            # the epoch's partial sums in the checkpoint are over all ranks: rank 0 carries them
+            part = self.s.get("partial")
+            if part:
+                self.s["partial"] = dict(
+                    loss=0.0,
+                    n=0,
+                    data_time=0.0,
+                    step_time=0.0,
+                    terms=dict.fromkeys(part["terms"], 0.0),
+                )
         if self.s["step_in_epoch"] > 0:
-            torch.set_rng_state(extra["rng/torch"])
-            self.aug_gen = torch.Generator()
-            self.aug_gen.set_state(extra["rng/aug"])
+            r = self.dist.rank
+            if r == 0:
+                torch.set_rng_state(extra["rng/torch"])
+                self.aug_gen = torch.Generator()
+                self.aug_gen.set_state(extra["rng/aug"])
+            elif f"rng/torch/rank{r}" in extra:
+                torch.set_rng_state(extra[f"rng/torch/rank{r}"])
+                self.aug_gen = torch.Generator()
+                self.aug_gen.set_state(extra[f"rng/aug/rank{r}"])
+            else:  # written by fewer processes: this rank's draws restart from a seed
+                seed = _epoch_seed(self.recipe.seed, self.s["epoch"]) + self.s["step_in_epoch"]
+                torch.manual_seed(dist_.rank_seed(seed, r))
+                self.aug_gen = torch.Generator().manual_seed(dist_.rank_seed(seed + 1, r))
 
     def save_last(self) -> None:
+        if self.dist.enabled:
+            self.save_last_distributed()
+            return
         if self.scaler.is_enabled():
             self.s["scaler"] = self.scaler.state_dict()
         extra = {"rng/torch": torch.get_rng_state()}
         if self.aug_gen is not None:
             extra["rng/aug"] = self.aug_gen.get_state()
+        self.write_last(extra, self.s)
+
+    def save_last_distributed(self) -> None:
+        """Under torchrun: every rank hands rank 0 its RNG states and its share of the
+        epoch's sums, and rank 0 writes the checkpoint (the others wait for it)."""
+        ctx, s = self.dist, self.s
+        torch_states = dist_.gather_states(torch.get_rng_state(), ctx)
+        aug_states = None
+        if self.aug_gen is not None:
+            aug_states = dist_.gather_states(self.aug_gen.get_state(), ctx)
+        state = dict(s)
+        part = s.get("partial")
+        if part:
+            keys = {"loss": part["loss"], "n": part["n"]}
+            keys.update({f"terms/{k}": v for k, v in part["terms"].items()})
+            total = dist_.all_reduce_sums(keys, ctx)
+            state["partial"] = {
+                **part,
+                "loss": total["loss"],
+                "n": int(total["n"]),
+                "terms": {k: total[f"terms/{k}"] for k in part["terms"]},
+            }
+        if self.main:
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
+            extra = {"rng/torch": torch_states[0]}
+            if aug_states is not None:
+                extra["rng/aug"] = aug_states[0]
+            for r in range(1, ctx.world_size):
+                extra[f"rng/torch/rank{r}"] = torch_states[r]
+                if aug_states is not None:
+                    extra[f"rng/aug/rank{r}"] = aug_states[r]
+            state["world_size"] = ctx.world_size
+            state["position_in_epoch"] = s["step_in_epoch"] * self.recipe.batch_size
+            self.write_last(extra, state)
+        dist_.barrier(ctx)  # a resume reads a complete checkpoint
+
+    def write_last(self, extra: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         for k, v in self.task.state_dict().items():
             extra[f"task/{k}"] = v
         for cb, cb_name in zip(self.callbacks, _names(self.callbacks)):
             if hasattr(cb, "state_dict"):
                 for k, v in cb.state_dict().items():
                     extra[f"cb/{cb_name}/{k}"] = v
-        meta = {"recipe": self.recipe.to_dict(), "data": self.data_meta(), "state": self.s}
+        meta = {"recipe": self.recipe.to_dict(), "data": self.data_meta(), "state": state}
         save_checkpoint(self.last_path, self.model, self.optimizer, extra_tensors=extra, meta=meta)
 
     def data_meta(self) -> dict[str, Any]:
@@ -526,6 +679,10 @@ class _Run:
         if s["step_in_epoch"] == 0 or self.aug_gen is None:
             torch.manual_seed(_epoch_seed(recipe.seed, epoch))
             self.aug_gen = epoch_generator(recipe.seed, epoch, stream=2)
+            if self.dist.rank > 0:  # other ranks draw their own dropout and augmentation
+                r = self.dist.rank
+                torch.manual_seed(dist_.rank_seed(_epoch_seed(recipe.seed, epoch), r))
+                self.aug_gen.manual_seed(dist_.rank_seed(self.aug_gen.initial_seed(), r))
             s["step_in_epoch"] = 0
             s["partial"] = dict(loss=0.0, n=0, data_time=0.0, step_time=0.0, terms={})
         part = s["partial"]
@@ -560,7 +717,8 @@ class _Run:
             self.report_progress()
             self.call("on_train_batch_start", state, batch)
             with autocast(recipe.precision, self.dev):
-                outputs = task.step(batch, state)
+                # under torchrun DDP runs the step, so gradients are averaged over ranks
+                outputs = task.step(batch, state) if self.ddp is None else self.ddp(batch, state)
             loss = _loss_of(outputs, task)
             self.call("on_before_backward", state, loss)
             if not self.backward(loss, epoch, lr):
@@ -581,7 +739,7 @@ class _Run:
                     part["terms"][k] = part["terms"].get(k, 0.0) + float(v) * b
             s["step"] += 1
             s["step_in_epoch"] += 1
-            s["images"] += b
+            s["images"] += b * self.dist.world_size
             s["step_time_s"] += t2 - t0
             s["data_time_s"] += t1 - t0
             state.step, state.step_in_epoch, state.loss = s["step"], s["step_in_epoch"], loss_value
@@ -594,9 +752,13 @@ class _Run:
                     bar.set_postfix(loss=f"{part['loss'] / part['n']:.3f}", lr=f"{lr:.2g}")
             if self.steps_done():
                 break  # a steps or compute budget: the run ends inside its last epoch
-            if self.max_seconds is not None and self.elapsed() >= self.max_seconds:
+            time_up = self.max_seconds is not None and self.elapsed() >= self.max_seconds
+            stop = bool(state.stop)
+            if self.dist.enabled:  # every rank stops after the same step
+                time_up, stop = dist_.any_rank([time_up, stop], self.dist)
+            if time_up:
                 stop_reason = "stopped_time"
-            elif state.stop:
+            elif stop:
                 stop_reason = "stopped"
             if stop_reason:
                 break
@@ -612,6 +774,8 @@ class _Run:
     def backward(self, loss: torch.Tensor, epoch: int, lr: float) -> bool:
         """Backward and clipping; False (weights untouched) when the loss or norm is not finite."""
         bad = not math.isfinite(float(loss.detach()))
+        if self.dist.enabled:  # a rank with a bad loss stops every rank
+            bad = dist_.any_rank([bad], self.dist)[0]
         if not bad:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -636,7 +800,13 @@ class _Run:
     def end_epoch(self, stop_reason: str | None) -> None:
         s, state, task = self.s, self.state, self.task
         epoch, part = s["epoch"], s["partial"]
-        val = validate(task, self.model, self.data.val, self.recipe, state)
+        val = self.validate_model(self.model)
+        if self.dist.enabled:  # the epoch's sums over all ranks
+            sums = {"loss": part["loss"], "n": part["n"]}
+            sums.update({f"terms/{k}": v for k, v in part["terms"].items()})
+            sums = dist_.all_reduce_sums(sums, self.dist)
+            part = {**part, "loss": sums["loss"], "n": int(sums["n"])}
+            part["terms"] = {k: sums[f"terms/{k}"] for k in s["partial"]["terms"]}
         n = max(1, part["n"])
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": part["loss"] / n}
         for k, v in part["terms"].items():
@@ -651,6 +821,8 @@ class _Run:
                 "images_per_s": part["n"] / max(part["step_time"], 1e-9),
             }
         )
+        if self.dist.enabled:
+            record.update(self.batch_info())
         self.call("on_epoch_end", state, record)
         key, mode = task.monitor
         if key not in record:
@@ -665,23 +837,25 @@ class _Run:
         value, best = record[key], s["best_value"]
         if best is None or (value > best if mode == "max" else value < best):
             s["best_value"], s["best_epoch"] = value, epoch + 1
-            save_checkpoint(
-                self.best_path,
-                self.model,
-                meta={
-                    "epoch": epoch + 1,
-                    "val": val,
-                    "monitor": key,
-                    "recipe": self.recipe.to_dict(),
-                    "data": self.data_meta(),
-                },
-            )
+            if self.main:
+                save_checkpoint(
+                    self.best_path,
+                    self.model,
+                    meta={
+                        "epoch": epoch + 1,
+                        "val": val,
+                        "monitor": key,
+                        "recipe": self.recipe.to_dict(),
+                        "data": self.data_meta(),
+                    },
+                )
         s["train_time_s"] = self.elapsed()
         if stop_reason:
             s["status"] = stop_reason
         self.save_last()
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def finish(self) -> FitResult:
         s = self.s
@@ -690,7 +864,7 @@ class _Run:
         if s["status"] != "failed_nan":
             s["train_time_s"] = self.elapsed()
         if s["status"] in ("stopped_time", "stopped") and s["step_in_epoch"] > 0:
-            s["final_val"] = validate(self.task, self.model, self.data.val, self.recipe, self.state)
+            s["final_val"] = self.validate_model(self.model)
         best_epoch = s["best_epoch"]
         best_record = s["history"][best_epoch - 1] if best_epoch else {}
         result = FitResult(
@@ -719,11 +893,27 @@ class _Run:
                 "compile": self.recipe.compile,
             },
         )
+        if self.dist.enabled:
+            result.runtime.update(self.batch_info())
+            result.runtime["backend"] = self.dist.backend
+            result.runtime["sync_bn"] = self.sync_bn
+            result.runtime["sync_bn_layers"] = self.runtime_sync_bn
         self.call("on_fit_end", self.state, result)  # callbacks may add to result.extras
-        atomic_write_text(
-            self.out / "fit_result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-        )
+        if self.main:
+            text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+            atomic_write_text(self.out / "fit_result.json", text)
+        dist_.barrier(self.dist)  # every rank returns once rank 0's files are complete
         return result
+
+    def batch_info(self) -> dict[str, int]:
+        """Processes and batches of a torchrun run: the effective (global) batch is the
+        recipe's; each rank trains on its share."""
+        world = self.dist.world_size
+        return {
+            "world_size": world,
+            "effective_batch": self.recipe.batch_size,
+            "per_rank_batch": self.recipe.batch_size // world,
+        }
 
 
 def _loss_of(outputs: Any, task: Task) -> torch.Tensor:
