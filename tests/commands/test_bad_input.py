@@ -318,6 +318,15 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("--model-arg for another model", on_tiny("--model-arg", "vit_pico:depth=2"), r"not among"),
         ("the old --model-kwargs", on_tiny("--model-kwargs", "{}"), r"--model-arg"),
         ("--out is a file", ["resnet_pico", "--data", TINY, "--out", "{file}"], r"not a folder"),
+        ("unknown executor", on_tiny("--executor", "dask"), r"invalid choice: 'dask'"),
+        ("ray address, local executor", on_tiny("--ray-address", "h:1"), r"add --executor ray"),
+        (
+            "a Ray address that does not answer",
+            on_tiny("--executor", "ray", "--ray-address", "127.0.0.1:9"),
+            r"no Ray cluster answers at 127.0.0.1:9.*ray start --head",
+        ),
+        ("unknown --tune key", on_tiny("--tune", "lrate"), r"'lrate' is not a recipe key"),
+        ("--trials without --tune", on_tiny("--trials", "3"), r"add --tune"),
     ],
     "main": [
         ("zero epochs", ["--epochs", "0", "--out", "{out}"], r"--epochs.*>= 1"),

@@ -9,16 +9,17 @@ checkpoint. Runs train in parallel (``jobs``) with the cores split between them;
 accuracy is evaluated once, on the checkpoint chosen on the validation split; speed and
 memory are measured afterwards one run at a time, so that parallel training does not
 disturb the timings. A failed run (a NaN loss, an exception) is recorded with its error
-and the others go on.
+and the others go on. Runs train on an executor (:mod:`archbench.bench.executors`): local
+processes, or a Ray cluster with ``executor: ray``; planning and reporting are the same
+for both, and so are the results.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import functools
 import hashlib
 import itertools
 import json
-import multiprocessing as mp
 import os
 import time
 import traceback
@@ -37,6 +38,7 @@ from .budget import (
     scale_to_budget,
     steps_for_compute,
 )
+from .executors import EXECUTORS, Executor, make_executor
 from .leaderboard import (
     ACCURACY_KEYS,
     aggregate,
@@ -55,7 +57,15 @@ from .measure import (
 )
 from .stats import INTERVAL_METHODS, pack_correct
 
-__all__ = ["CompareSpec", "plan_runs", "run_compare"]
+__all__ = [
+    "CompareSpec",
+    "execute_runs",
+    "load_run_data",
+    "plan_runs",
+    "record_runs",
+    "report_comparison",
+    "run_compare",
+]
 
 RESULTS = "results.jsonl"
 SPEC_FILE = "spec.yaml"
@@ -64,7 +74,8 @@ RECIPE_FILE = "recipe.yaml"
 
 @dataclass
 class CompareSpec:
-    """Everything that defines a comparison. ``jobs`` and ``out`` do not change results."""
+    """Everything that defines a comparison. ``jobs``, ``executor``, ``ray_address`` and
+    ``out`` do not change results."""
 
     models: list[str]
     data: str = "shapes"
@@ -88,12 +99,20 @@ class CompareSpec:
     # {methods: [NAME | {name, args}], finetune_epochs: 0, ...}: every trained run also
     # compressed by each method (entry "MODEL + METHOD"); see archbench.bench.compress_axis
     compress: dict[str, Any] | None = None
+    # {params: [lr, weight_decay] | {KEY: [LOW, HIGH]}, trials: N, seed: 0}: every model gets
+    # the same Optuna search on validation, its seeds train with its best settings
+    # (see archbench.bench.tune)
+    tune: dict[str, Any] | None = None
     measure_batch: int = 64
     data_seed: int = 0
     explain: bool = True
     # the gap intervals: "t" (Student / Welch t) or a bootstrap, "percentile" or "bca"
     interval: str = "t"
     jobs: int = 1
+    # where runs train: "local" (this machine's processes) or "ray" (a Ray cluster at
+    # ray_address; None starts a Ray instance here); see archbench.bench.executors
+    executor: str = "local"
+    ray_address: str | None = None
     out: str = "runs/compare"
 
     _TYPES = {
@@ -110,11 +129,14 @@ class CompareSpec:
         "pretrain": (dict, type(None)),
         "pretrained": dict,
         "compress": (dict, type(None)),
+        "tune": (dict, type(None)),
         "measure_batch": int,
         "data_seed": int,
         "explain": bool,
         "interval": str,
         "jobs": int,
+        "executor": str,
+        "ray_address": (str, type(None)),
         "out": str,
     }
 
@@ -144,6 +166,15 @@ class CompareSpec:
             raise ValueError("seeds must be a count or a non-empty list of integers")
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(
+                f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}"
+            )
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(
+                f"ray_address {self.ray_address!r} is given but the executor is "
+                f"{self.executor!r}; add --executor ray, or leave the address out"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.measure_batch < 1:
@@ -172,6 +203,13 @@ class CompareSpec:
             raise ValueError(
                 "a comparison has either a pretrain (self-supervised) axis or pretrained "
                 "weights, not both"
+            )
+        if self.tune is not None and (
+            self.pretrain is not None or self.distill or self.compress is not None
+        ):
+            raise ValueError(
+                "tune searches the settings of plainly trained models; it cannot be combined "
+                "with a pretrain, distill or compress axis in one comparison"
             )
         if self.compress is not None and (self.pretrain is not None or self.distill):
             raise ValueError(
@@ -220,6 +258,8 @@ class CompareSpec:
         d = self.to_dict()
         d.pop("jobs")
         d.pop("out")
+        d.pop("executor")  # where the runs train, not what they are
+        d.pop("ray_address")
         d.pop("interval")  # how the results are judged, not what they are
         d["seeds"] = self.seed_list
         if d["task"] is None and not d["task_args"]:  # the default: same identity as before
@@ -232,6 +272,8 @@ class CompareSpec:
             del d["distill"]
         if d["compress"] is None:
             del d["compress"]
+        if d["tune"] is None:
+            del d["tune"]
         return d
 
 
@@ -260,7 +302,6 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     and counted at the data's own image shape; the comparison is refused when a count is
     off its target by more than the tolerance.
     """
-    from ..data import load_dataset
     from ..train import create_task, load_recipe
 
     unknown = []
@@ -282,12 +323,17 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         recipe = recipe.replace(task=spec.task, task_args=spec.task_args)
     elif spec.task_args:
         recipe = recipe.replace(task_args={**recipe.task_args, **spec.task_args})
-    data = load_dataset(spec.data, seed=spec.data_seed)
+    data = load_run_data(spec.data, spec.data_seed)
     img_size = _img_size(data)
     shape = dict(img_size=img_size, in_chans=data.in_chans, num_classes=data.num_classes)
     if budget.kind == "steps":
         recipe = recipe.replace(total_steps=int(budget.value))
     recipe = recipe.for_data(data)  # the rules for small data, resolved once for every run
+    tune = None
+    if spec.tune is not None:  # an unknown key or a bad range fails before any work
+        from .tune import tune_settings
+
+        tune = tune_settings(spec.tune, recipe)
 
     scaled: dict[str, dict[str, Any]] = {}
     unreachable: dict[str, str] = {}
@@ -399,6 +445,8 @@ def plan_runs(spec: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "budget_target": target,
         "scaled": scaled,
     }
+    if tune is not None:
+        context["tune"] = tune
     return runs, context
 
 
@@ -591,7 +639,6 @@ def _run_dir(out: Path, cfg: dict[str, Any]) -> Path:
 def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
     """Train one run (in a worker process or in-process) and evaluate its test split once."""
     torch.set_num_threads(threads)
-    from ..data import load_dataset
     from ..train import Recipe, evaluate, fit, load_checkpoint
     from ..train.checkpoint import atomic_write_text
 
@@ -605,7 +652,7 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
             )
             (run_dir / "run_result.json").write_text(json.dumps(result, indent=2, default=str))
             return result
-        data = load_dataset(cfg["data"], seed=cfg["data_seed"])
+        data = load_run_data(cfg["data"], cfg["data_seed"])
         recipe = Recipe.from_dict({**cfg["recipe"], "seed": cfg["seed"]})
         kwargs = _build_kwargs(cfg["model_kwargs"], cfg["img_size"], data, recipe)
         # the same record `archbench train` writes, so eval / explain can rebuild the model
@@ -642,7 +689,10 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
         )
         if fitted.error:
             result["error"] = str(fitted.error)
-        if fitted.status in ("completed", "stopped_time") and fitted.best_checkpoint:
+        if cfg.get("trial") and fitted.status in ("completed", "stopped_time"):
+            # a tuning trial is scored on validation alone: the test split is not read
+            result["status"] = "completed" if fitted.best_checkpoint else "error"
+        elif fitted.status in ("completed", "stopped_time") and fitted.best_checkpoint:
             load_checkpoint(fitted.best_checkpoint, model)  # chosen on validation
             test = evaluate(
                 model, data.test if data.test is not None else data.val, per_sample=True
@@ -672,10 +722,8 @@ def train_run(cfg: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
 
 def measure_run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Parameters, MACs, latency, throughput and peak memory of a run's model, one at a time."""
+    data = load_run_data(cfg["data"], cfg["data_seed"])
     torch.manual_seed(0)
-    from ..data import load_dataset
-
-    data = load_dataset(cfg["data"], seed=cfg["data_seed"])
     model = create_model(
         cfg["model"],
         num_classes=data.num_classes,
@@ -767,74 +815,163 @@ def _write_spec(out: Path, spec: CompareSpec, context: dict[str, Any]) -> None:
     tmp.replace(out / SPEC_FILE)
 
 
-def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) -> dict[str, Any]:
+def run_compare(
+    spec: CompareSpec,
+    log: Any = print,
+    remeasure: bool = False,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Plan, train, evaluate, measure and report a comparison; return paths and the leaderboard.
 
-    ``remeasure`` measures speed and memory of already completed runs again (for example
-    on a machine that was busy the first time); accuracy and training are untouched.
+    The three parts have their own homes: planning (:func:`plan_runs` and the output
+    folder's checks), execution (an :class:`~archbench.bench.executors.Executor`: the
+    spec's ``executor``, local processes or Ray, unless one is given) and reporting
+    (:func:`record_runs` appends ``results.jsonl``; :func:`report_comparison` writes the
+    leaderboard and the report). ``remeasure`` measures speed and memory of already
+    completed runs again (for example on a machine that was busy the first time);
+    accuracy and training are untouched.
     """
     t_start = time.perf_counter()
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     _check_out_dir(out, spec)
-    runs, context = plan_runs(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_spec(out, spec, context)
-    _write_recipe(out, context["recipe"])
-    results_path = out / RESULTS
-    done = {r["key"] for r in _read_results(results_path) if r.get("key")}
-    todo = [cfg for cfg in runs if cfg["key"] not in done]
-    log(
-        f"{len(runs)} runs ({len({c.get('entry') or c['model'] for c in runs})} models or "
-        f"entries, {len(spec.seed_list)} seed(s)); "
-        f"{len(runs) - len(todo)} already complete, {len(todo)} to run with {spec.jobs} job(s)"
-    )
+    try:
+        runs, context = plan_runs(spec)
+        if executor is None:
+            executor = make_executor(spec.executor, spec.jobs, spec.ray_address)
+        executor.start()  # Ray missing or a cluster that does not answer: fail before work
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_spec(out, spec, context)
+            _write_recipe(out, context["recipe"])
+            results_path = out / RESULTS
+            tuning = None
+            if "tune" in context:
+                runs, tuning = _tune(runs, context["tune"], out, executor, spec.jobs, log)
+            todo = _pending_runs(runs, results_path)
+            log(
+                f"{len(runs)} runs ({len({c.get('entry') or c['model'] for c in runs})} models "
+                f"or entries, {len(spec.seed_list)} seed(s)); "
+                f"{len(runs) - len(todo)} already complete, {len(todo)} to run with "
+                f"{spec.jobs} job(s)"
+                + ("" if executor.name == "local" else f" on the {executor.name} executor")
+            )
+            phases: dict[str, float] = {"setup_s": time.perf_counter() - t_start}
+            t_phase = time.perf_counter()
+            trained = execute_runs(todo, out, executor, spec.jobs, log)
+        finally:
+            executor.close()
+        phases["training_s"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
+        compressing = [c for c in todo if "compress" in c]
+        cores = available_threads()
+        for i, cfg in enumerate(compressing, 1):  # one at a time: their timings need the cores
+            log(f"[{i}/{len(compressing)}] compressing {cfg['entry']} seed {cfg['seed']}")
+            trained[cfg["key"]] = compress_run_entry(cfg, out, cores)
+            _log_result(log, trained[cfg["key"]])
+        if compressing:
+            phases["compression_s"] = time.perf_counter() - t_phase
+            t_phase = time.perf_counter()
+        env = environment()
+        record_runs(todo, trained, out, env, cores)
+        records = [
+            r for r in _read_results(results_path) if r.get("key") in {c["key"] for c in runs}
+        ]
+        if remeasure:
+            _remeasure(runs, todo, records, out, cores, log)
+            _rewrite(results_path, records)
+        phases["measurement_s"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
+        reported = report_comparison(spec, runs, records, context, env, out, phases, tuning)
+    finally:
+        load_run_data.cache_clear()  # the comparison's data is not kept after it
+    elapsed = time.perf_counter() - t_start
+    phases["report_s"] = time.perf_counter() - t_phase - phases.get("explain_s", 0.0)
+    return {"phases": phases, **reported, "out": out, "elapsed_s": elapsed}
 
-    phases: dict[str, float] = {"setup_s": time.perf_counter() - t_start}
-    t_phase = time.perf_counter()
+
+# ----- execution ---------------------------------------------------------------------
+
+
+def _tune(
+    runs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    out: Path,
+    executor: Executor,
+    jobs: int,
+    log: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every model's search (:mod:`archbench.bench.tune`), on the comparison's executor with
+    the threads of one round (one trial per model); written to ``tuning.json``."""
+    from ..train.checkpoint import atomic_write_text
+    from .tune import tune_models
+
     cores = available_threads()
-    jobs = max(1, min(spec.jobs, len(todo) or 1, cores))
+    models = len({c["model"] for c in runs})
+    threads = max(1, cores // max(1, min(jobs, models, cores)))
+    log(f"tuning {models} model(s): {settings['trials']} trial(s) each, the same search")
+    runs, tuning = tune_models(runs, settings, out, executor, threads, log)
+    atomic_write_text(out / "tuning.json", json.dumps(tuning, indent=2, default=str) + "\n")
+    return runs, tuning
+
+
+def _pending_runs(runs: list[dict[str, Any]], results_path: Path) -> list[dict[str, Any]]:
+    """The runs without a record. A record of a run whose worker died (``interrupted``) is
+    dropped from the file, so that the run is done again and keeps one record."""
+    records = _read_results(results_path)
+    if any(r.get("interrupted") for r in records):
+        _rewrite(results_path, [r for r in records if not r.get("interrupted")])
+    done = {r["key"] for r in records if r.get("key") and not r.get("interrupted")}
+    return [cfg for cfg in runs if cfg["key"] not in done]
+
+
+def execute_runs(
+    todo: list[dict[str, Any]], out: Path, executor: Executor, jobs: int, log: Any = print
+) -> dict[str, dict[str, Any]]:
+    """Train every run of ``todo`` that trains (teachers first: students need them) on
+    ``executor``; the result of each by key. Threads: the cores (``OMP_NUM_THREADS`` when
+    set) split between the runs that train at once, the same rule for every executor."""
+    cores = available_threads()
+    jobs = max(1, min(jobs, len(todo) or 1, cores))
     threads = max(1, cores // jobs)
     trained: dict[str, dict[str, Any]] = {}
-    for cfg in [c for c in todo if c.get("role") == "teacher"]:  # students need it first
-        log(f"training the teacher {cfg['model']}")
-        trained[cfg["key"]] = train_run(cfg, str(out), cores)
-        _log_result(log, trained[cfg["key"]])
+    teachers = [c for c in todo if c.get("role") == "teacher"]
     students = [c for c in todo if c.get("role") != "teacher" and "compress" not in c]
-    if students:
-        if jobs == 1:
-            for i, cfg in enumerate(students, 1):
-                log(f"[{i}/{len(students)}] training {cfg['model']} seed {cfg['seed']}")
-                trained[cfg["key"]] = train_run(cfg, str(out), threads)
-                _log_result(log, trained[cfg["key"]])
-        else:
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(train_run, cfg, str(out), threads): cfg for cfg in students}
-                for fut in cf.as_completed(futures):
-                    cfg = futures[fut]
-                    try:
-                        trained[cfg["key"]] = fut.result()
-                    except Exception as err:  # the worker process itself died
-                        trained[cfg["key"]] = {
-                            "key": cfg["key"],
-                            "status": "error",
-                            "error": f"worker died: {err}",
-                        }
-                    _log_result(log, trained[cfg["key"]])
+    if executor.name != "local" and (teachers or students):
+        log(
+            f"  sending {len(teachers) + len(students)} run(s) to {executor.name}, "
+            f"each asking for {threads} CPU(s)"
+        )
 
-    phases["training_s"] = time.perf_counter() - t_phase
-    t_phase = time.perf_counter()
-    compressing = [c for c in todo if "compress" in c]
-    for i, cfg in enumerate(compressing, 1):  # one at a time: their timings need the cores
-        log(f"[{i}/{len(compressing)}] compressing {cfg['entry']} seed {cfg['seed']}")
-        trained[cfg["key"]] = compress_run_entry(cfg, out, cores)
-        _log_result(log, trained[cfg["key"]])
-    if compressing:
-        phases["compression_s"] = time.perf_counter() - t_phase
-        t_phase = time.perf_counter()
-    env = environment()
+    def teacher_started(i: int, n: int, cfg: dict[str, Any]) -> None:
+        log(f"training the teacher {cfg['model']}")
+
+    def student_started(i: int, n: int, cfg: dict[str, Any]) -> None:
+        log(f"[{i}/{n}] training {cfg['model']} seed {cfg['seed']}")
+
+    for cfgs, n_threads, started in (
+        (teachers, cores, teacher_started),
+        (students, threads, student_started),
+    ):
+        for cfg, result in executor.map(train_run, cfgs, str(out), n_threads, started):
+            trained[cfg["key"]] = result
+            _log_result(log, result)
+    return trained
+
+
+# ----- reporting ---------------------------------------------------------------------
+
+
+def record_runs(
+    todo: list[dict[str, Any]],
+    trained: dict[str, dict[str, Any]],
+    out: Path,
+    env: dict[str, Any],
+    cores: int,
+) -> None:
+    """Append one record per finished run to ``results.jsonl``, its speed and memory
+    measured here, one architecture at a time (not beside a training job)."""
     measured: dict[str, dict[str, Any]] = {}  # one measurement per architecture, not per seed
     for cfg in todo:
         res = trained[cfg["key"]]
@@ -845,7 +982,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             "seed": cfg["seed"],
             "config": cfg,
             "model_kwargs": cfg["model_kwargs"],
-            **{k: cfg[k] for k in ("entry", "method", "role", "pretrained") if k in cfg},
+            **{k: cfg[k] for k in ("entry", "method", "role", "pretrained", "tuned") if k in cfg},
             "task": cfg["recipe"]["task"],
             "task_args": cfg["recipe"]["task_args"],
             "run_dir": str(_run_dir(out, cfg)),
@@ -859,20 +996,38 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
             record.update(measured[arch])
         record["environment"] = env
         record["reproduce"] = _reproduce_command(cfg, out)
-        _append(results_path, record)
+        _append(out / RESULTS, record)
 
-    records = [r for r in _read_results(results_path) if r.get("key") in {c["key"] for c in runs}]
-    if remeasure:
-        by_key = {c["key"]: c for c in runs}
-        for r in records:
-            if "compress" in by_key[r["key"]]:  # measured before and after by its compress step
-                continue
-            if r.get("status") == "completed" and r["key"] not in {c["key"] for c in todo}:
-                log(f"  measuring {r['model']} seed {r['seed']} again")
-                r.update(_measured(by_key[r["key"]], out, cores))
-        _rewrite(results_path, records)
-    phases["measurement_s"] = time.perf_counter() - t_phase
-    t_phase = time.perf_counter()
+
+def _remeasure(
+    runs: list[dict[str, Any]],
+    todo: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    out: Path,
+    cores: int,
+    log: Any,
+) -> None:
+    by_key = {c["key"]: c for c in runs}
+    todo_keys = {c["key"] for c in todo}
+    for r in records:
+        if "compress" in by_key[r["key"]]:  # measured before and after by its compress step
+            continue
+        if r.get("status") == "completed" and r["key"] not in todo_keys:
+            log(f"  measuring {r['model']} seed {r['seed']} again")
+            r.update(_measured(by_key[r["key"]], out, cores))
+
+
+def report_comparison(
+    spec: CompareSpec,
+    runs: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    context: dict[str, Any],
+    env: dict[str, Any],
+    out: Path,
+    phases: dict[str, float],
+    tuning: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``leaderboard.md`` and ``report.html`` from the records; the rows and tables."""
     rows = aggregate(records, method=spec.interval)
     conditions = (
         f"Data `{spec.data}`, recipe `{spec.recipe}`, budget `{json.dumps(context['budget'])}`, seeds {spec.seed_list}. "
@@ -894,6 +1049,18 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         comp_md = compress_gains_markdown(compression)
         board += "\n## Compression: accuracy and measured speed-up\n\n" + comp_md + "\n"
         extra.append(("Compression: accuracy and measured speed-up", _markdown_table_html(comp_md)))
+    if tuning is not None:
+        from .tune import tuning_markdown
+
+        tune_md = tuning_markdown(tuning)
+        board += "\n## Hyper-parameter search, the same for every model\n\n" + tune_md + "\n"
+        summary, _, trials = tune_md.partition("\n\n| model | trial")
+        extra.append(
+            (
+                "Hyper-parameter search, the same for every model",
+                _markdown_table_html(summary) + _markdown_table_html("| model | trial" + trials),
+            )
+        )
     (out / "leaderboard.md").write_text(board)
     if spec.explain:
         t_explain = time.perf_counter()
@@ -902,10 +1069,7 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
     from .report import write_report
 
     report = write_report(out, spec.to_dict(), rows, records, env, extra_sections=extra)
-    elapsed = time.perf_counter() - t_start
-    phases["report_s"] = time.perf_counter() - t_phase - phases.get("explain_s", 0.0)
     return {
-        "phases": phases,
         "rows": rows,
         "gains": gains,
         "compression": compression,
@@ -913,9 +1077,16 @@ def run_compare(spec: CompareSpec, log: Any = print, remeasure: bool = False) ->
         + ("\n\n" + distill_gains_markdown(gains) if gains else "")
         + ("\n\n" + compress_gains_markdown(compression) if compression else ""),
         "report": report,
-        "out": out,
-        "elapsed_s": elapsed,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def load_run_data(data: str, data_seed: int) -> Any:
+    """The comparison's dataset, loaded once per process (planning, every in-process run,
+    the measurements, compression and explanations share it; nothing writes into it)."""
+    from ..data import load_dataset
+
+    return load_dataset(data, seed=data_seed)
 
 
 def available_threads() -> int:
@@ -1008,6 +1179,8 @@ def _reproduce_command(cfg: dict[str, Any], out: Path) -> str:
         parts.append(f"--max-seconds {cfg['max_seconds']}")
     if cfg["budget"]["kind"] == "compute":  # each model's own length: not in the shared recipe
         parts.append(f"--set total_steps={cfg['recipe']['total_steps']}")
+    if cfg.get("tuned"):  # this model's best settings of the search
+        parts.append("--set " + " ".join(f"{k}={v!r}" for k, v in cfg["tuned"].items()))
     if cfg["model_kwargs"]:
         args = " ".join(
             f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in cfg["model_kwargs"].items()
@@ -1057,7 +1230,6 @@ def _explain_sections(
     """Grad-CAM of every model (its first completed seed) on the same held-out images."""
     import base64
 
-    from ..data import load_dataset
     from ..data.transforms import normalize
     from ..explain import explain, save_panel, to_display
     from ..runs import load_trained
@@ -1070,7 +1242,7 @@ def _explain_sections(
             done[name] = r
     if not done:
         return []
-    data = load_dataset(spec.data, seed=spec.data_seed)
+    data = load_run_data(spec.data, spec.data_seed)
     split = data.test if data.test is not None else data.val
     n = min(6, len(split))
     raw = split.images[:n].float() / 255.0

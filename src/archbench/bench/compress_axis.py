@@ -119,10 +119,10 @@ def run_compress_entry(cfg: dict[str, Any], base: Path, run_dir: Path) -> dict[s
             "nothing to compress",
         )
         return result
-    from ..data import load_dataset
     from ..train import Recipe
+    from .compare import load_run_data
 
-    data = load_dataset(cfg["data"], seed=cfg["data_seed"])
+    data = load_run_data(cfg["data"], cfg["data_seed"])
     split = "test" if data.test is not None else "val"
     recipe = Recipe.from_dict({**cfg["recipe"], "seed": cfg["seed"]})
     rec = compress_run(

@@ -45,6 +45,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--jobs", type=positive_int, help="runs trained in parallel; cores are split between them"
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where runs train: local processes (default) or a Ray cluster (pip install "
+        "archbench[ray]; see docs/comparison.md)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT|auto",
+        help="the Ray cluster's head (what `ray start --head` prints); default: a Ray "
+        "instance started on this machine",
+    )
+    p.add_argument(
+        "--tune",
+        metavar="KEY,KEY",
+        help="give every model the same Optuna search over these recipe keys (e.g. "
+        "lr,weight_decay) on the validation split; final seeds train with each model's best",
+    )
+    p.add_argument("--trials", type=positive_int, help="trials per model of --tune (default 8)")
     add_model_arg(p, several_models=True)
     add_task_arg(p)
     p.add_argument("--model-kwargs", help=argparse.SUPPRESS)  # replaced by --model-arg
@@ -83,12 +102,33 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
         if not args.models:
             raise ValueError("name at least one MODEL, or give --spec FILE")
         data["models"] = list(args.models)
-    for key in ("data", "recipe", "budget", "epochs", "seeds", "jobs", "out"):
-        value = getattr(args, key)
+    for key in (
+        "data",
+        "recipe",
+        "budget",
+        "epochs",
+        "seeds",
+        "jobs",
+        "executor",
+        "ray_address",
+        "out",
+    ):
+        value = getattr(args, key, None)  # a namespace built by hand may lack the newer ones
         if value is not None:
             data[key] = value
     if args.no_explain:
         data["explain"] = False
+    tune_keys = getattr(args, "tune", None)
+    trials = getattr(args, "trials", None)
+    if tune_keys is not None:
+        params = [k.strip() for k in tune_keys.split(",") if k.strip()]
+        if not params:
+            raise ValueError("--tune takes recipe keys separated by commas, e.g. lr,weight_decay")
+        data["tune"] = {**(data.get("tune") or {}), "params": params}
+    if trials is not None:
+        if tune_keys is None and not data.get("tune"):
+            raise ValueError("--trials sets the trials of --tune; add --tune lr,weight_decay")
+        data["tune"] = {**data["tune"], "trials": trials}
     if args.task is not None:
         data["task"] = args.task
         data["task_args"] = parse_kv(args.task_arg, "--task-arg")
