@@ -18,14 +18,16 @@ on (64, 64, 192) tokens against ``nn.Linear(192, 768)``.
 Goals: KAN within 3x of the equal-parameter layer (``KANLinear`` at most 1.5x), and at
 least 5x faster than unfold. ``docs/kan.md`` keeps the last table and where each basis stands.
 
-Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]``.
-Writes ``benchmarks/results/kan_speed.json`` and prints a summary table.
+Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]
+[--no-conv] [--no-unfold]``. Writes ``benchmarks/results/kan_speed.json`` (every ratio of one
+run, under ``ratios``, with the load average before and after) and prints a summary table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -124,7 +126,9 @@ def _opts(name: str) -> dict[str, Any]:
     return {"num_groups": 8} if name == "rational" else {}
 
 
-def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfold: bool):
+def run(
+    bases: list[str], device: torch.device, warmup: int, repeats: int, unfold: bool, conv: bool
+):
     rows = []
     x_lin = torch.randn(BATCH, LIN_IN, device=device)
     x_conv = torch.randn(BATCH, CONV_CH, IMG, IMG, device=device)
@@ -135,17 +139,17 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
         kc = KANConv2d(CONV_CH, CONV_CH, 3, padding=1, basis=name, **_opts(name)).to(device)
         ref_c = nn.Conv2d(CONV_CH, CONV_CH * n_feat, 3, padding=1, bias=False).to(device)
         row: dict[str, Any] = {"basis": name, "n_feat": n_feat}
-        for kind, kan, ref, x, reps in [
-            ("linear", kl, ref_l, x_lin, 3 * repeats),
-            ("conv", kc, ref_c, x_conv, repeats),
-        ]:
+        cases = [("linear", kl, ref_l, x_lin, 3 * repeats)]
+        if conv:
+            cases.append(("conv", kc, ref_c, x_conv, repeats))
+        for kind, kan, ref, x, reps in cases:
             ms_kan, ms_ref, ratio = paired_ms(kan, ref, x, warmup, reps)
             row[f"kan_{kind}_ms"], row[f"{kind}_ms"], row[f"{kind}_ratio"] = ms_kan, ms_ref, ratio
             row[f"kan_{kind}_params"], row[f"{kind}_params"] = _params(kan), _params(ref)
             row[f"kan_{kind}_peak_mb"] = peak_mb(kan, x)
             row[f"{kind}_peak_mb"] = peak_mb(ref, x)
             print(f"  {name} {kind}: kan {ms_kan:.1f} ms, ref {ms_ref:.1f} ms", flush=True)
-        if unfold:
+        if unfold and conv:
             u = _Unfold(kc)
             row["unfold_conv_ms"] = fwd_bwd_ms(u, x_conv, 1, max(2, repeats // 4))
             row["unfold_conv_repeats"] = max(2, repeats // 4)
@@ -157,8 +161,12 @@ def run(bases: list[str], device: torch.device, warmup: int, repeats: int, unfol
         rows.append(row)
         print(
             f"{name:12s} feat={n_feat:2d} linear x{row['linear_ratio']:.2f} "
-            f"conv x{row['conv_ratio']:.2f}"
-            + (f" unfold/ours {row['speedup_vs_unfold']:.1f}x" if unfold else ""),
+            f"conv x{row.get('conv_ratio', float('nan')):.2f}"
+            + (
+                f" unfold/ours {row['speedup_vs_unfold']:.1f}x"
+                if "speedup_vs_unfold" in row
+                else ""
+            ),
             flush=True,
         )
     return rows
@@ -186,6 +194,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bases", nargs="*", default=sorted(BASES))
     ap.add_argument("--no-unfold", action="store_true")
+    ap.add_argument("--no-conv", action="store_true", help="KANLinear rows only")
     ap.add_argument(
         "--merge",
         action="store_true",
@@ -200,7 +209,8 @@ def main() -> None:
         raise SystemExit(f"unknown bases {unknown}; choose from {sorted(BASES)}")
     device = torch.device(args.device)
     torch.manual_seed(0)
-    rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold)
+    load_before = os.getloadavg()
+    rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold, not args.no_conv)
     kat_row = run_kat_tokens(device, args.warmup, args.repeats)
     result = {
         "conditions": {
@@ -216,6 +226,17 @@ def main() -> None:
             ),
             "memory": "peak tensor memory of one forward+backward (profiler allocation events on CPU)",
             "equal_params": "nn.Linear(in, out*n_feat) / nn.Conv2d(in, out*n_feat, 3)",
+            "threads": torch.get_num_threads(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "machine": "shared with other jobs",
+        },
+        "ratios": {
+            "kan_linear_over_equal_param_linear": {r["basis"]: r["linear_ratio"] for r in rows},
+            "kan_conv_over_equal_param_conv": {
+                r["basis"]: r["conv_ratio"] for r in rows if "conv_ratio" in r
+            },
+            "goal_kan_linear_at_most": 1.5,
         },
         "rows": rows,
         "kat_tokens": kat_row,
@@ -234,10 +255,10 @@ def main() -> None:
         f"\n{'basis':12s} {'lin x':>6s} {'conv x':>7s} {'unfold/ours':>12s} {'mem ours/conv':>14s}"
     )
     for r in rows:
+        mem = r.get("kan_conv_peak_mb", float("nan")) / max(r.get("conv_peak_mb", 1.0), 1e-9)
         print(
-            f"{r['basis']:12s} {r['linear_ratio']:6.2f} {r['conv_ratio']:7.2f} "
-            f"{r.get('speedup_vs_unfold', float('nan')):12.1f} "
-            f"{r['kan_conv_peak_mb'] / max(r['conv_peak_mb'], 1e-9):14.2f}"
+            f"{r['basis']:12s} {r['linear_ratio']:6.2f} {r.get('conv_ratio', float('nan')):7.2f} "
+            f"{r.get('speedup_vs_unfold', float('nan')):12.1f} {mem:14.2f}"
         )
     print(f"wrote {out}")
 

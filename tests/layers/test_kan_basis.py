@@ -297,10 +297,10 @@ def test_wavelet_analytic_backward_passes_gradcheck(cls):
     with torch.no_grad():
         basis.log_scale.add_(0.1 * torch.randn_like(basis.log_scale))
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    from archbench.layers.kan_basis import _WaveletFunction
+    from archbench.layers.kan_basis import _FusedBasisFunction
 
     assert torch.autograd.gradcheck(
-        lambda t, c, s: _WaveletFunction.apply(t, c, s, basis),
+        lambda t, c, s: _FusedBasisFunction.apply(t, basis, c, s),
         (x, basis.centres, basis.log_scale),
     )
     # the fast path agrees with the plain formula

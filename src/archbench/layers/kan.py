@@ -30,6 +30,7 @@ that scale is folded into the spline coefficients here (it adds no expressivenes
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -72,6 +73,67 @@ def _features(basis: KANBasis, act, x: torch.Tensor) -> torch.Tensor:
     if act is not None:
         feats = torch.cat([feats, act(x).unsqueeze(-1)], dim=-1)
     return feats
+
+
+class _KANLinearFunction(torch.autograd.Function):
+    """``features(x) @ W^T`` for a basis with a fused path, as one autograd function.
+
+    The features go into one contiguous ``(M, in * K)`` buffer and one matrix multiply;
+    the backward computes the feature gradient ``grad @ W`` into a buffer of its own,
+    which the basis's hand-written backward then overwrites in place (no further
+    ``(M, in, K)`` allocations). Gives the same values and gradients as
+    ``F.linear(basis(x).flatten(-2), W.flatten(1))``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, basis, *params):  # type: ignore[override]
+        feats, saved = basis._fused_forward(x, params, True)
+        flat = feats.view(x.shape[0], -1)
+        w = weight.reshape(weight.shape[0], -1)
+        ctx.basis = basis
+        ctx.save_for_backward(flat, weight, *saved)
+        return flat @ w.t()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        flat, weight, *saved = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        need_params = ctx.needs_input_grad[3:]
+        w = weight.reshape(weight.shape[0], -1)
+        grad_w = (grad.t() @ flat).view(weight.shape) if need_w else None
+        grads: tuple = (None,) * (1 + len(need_params))
+        if need_x or any(need_params):
+            grad_feats = torch.mm(grad, w, out=_workspace(flat.shape, flat.dtype, flat.device))
+            grad_feats = grad_feats.view(flat.shape[0], weight.shape[1], weight.shape[2])
+            grads = ctx.basis._fused_backward(grad_feats, tuple(saved), need_x, need_params, True)
+        return (grads[0], grad_w, None, *grads[1:])
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer for the feature gradient, kept between backward passes of this thread.
+
+    The feature gradient lives only inside one backward call, so its (large) buffer is
+    reused rather than allocated and page-faulted anew every step.
+    """
+    key = (tuple(shape), dtype, device)
+    bufs = _WORKSPACE.__dict__.setdefault("bufs", {})
+    if key not in bufs:
+        if len(bufs) >= 8:  # a model with many layer shapes: keep the latest few
+            bufs.pop(next(iter(bufs)))
+        bufs[key] = torch.empty(shape, dtype=dtype, device=device)
+    return bufs[key]
+
+
+def _use_fused(basis: KANBasis, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not basis.fused or x.device.type == "meta" or not torch.is_grad_enabled():
+        return False
+    if torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
+        return False
+    return True
 
 
 class KANLinear(nn.Module):
@@ -134,7 +196,16 @@ class KANLinear(nn.Module):
             self.edge_l1 = phi.abs().reshape(-1, self.out_features, self.in_features).mean(0)
             return F.linear(feats.flatten(-2), w.flatten(1), self.bias)
         # the base branch as its own matmul: cheaper than appending it to the features
-        y = F.linear(self.basis(x).flatten(-2), self.weight.flatten(1), self.bias)
+        if _use_fused(self.basis, x, self.weight):
+            self.basis._check(x)
+            params = self.basis._fused_params(x.dtype)
+            y = _KANLinearFunction.apply(
+                x.reshape(-1, self.in_features), self.weight, self.basis, *params
+            ).view(*x.shape[:-1], self.out_features)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(self.basis(x).flatten(-2), self.weight.flatten(1), self.bias)
         if self._act is not None:
             y = y + F.linear(self._act(x), self.base_weight)
         return y

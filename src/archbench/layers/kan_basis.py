@@ -70,6 +70,16 @@ class KANBasis(nn.Module):
 
     ``init_std`` is the standard deviation a KAN layer gives its mixing weights when
     its ``in * n_basis`` features feed one output (the layer divides by ``sqrt(in)``).
+
+    Fused path: a basis whose ``fused`` is true computes its features for rows
+    ``x: (M, in)`` in ``_fused_forward(x, params, need_grad)``, which returns the
+    contiguous features ``(M, in, n_basis)`` and the tensors its backward needs, and
+    differentiates them by hand in ``_fused_backward(grad, saved, need_x, need_params,
+    owned)`` (``grad``: contiguous ``(M, in, n_basis)``, which may be overwritten when
+    ``owned``), returning the gradient of ``x`` and of each tensor of
+    ``_fused_params(dtype)``. ``KANLinear`` runs it inside its own autograd function,
+    together with the matrix multiply, so the features are computed into one buffer and
+    the feature gradient is reused in place.
     """
 
     in_features: int
@@ -82,6 +92,65 @@ class KANBasis(nn.Module):
                 f"{type(self).__name__} was built for in_features={self.in_features}, "
                 f"got input with last dimension {x.shape[-1]} (shape {tuple(x.shape)})"
             )
+
+    @property
+    def fused(self) -> bool:
+        return False
+
+    def _fused_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def _fused_forward(
+        self, x: torch.Tensor, params: tuple[torch.Tensor, ...], need_grad: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        raise NotImplementedError
+
+    def _fused_backward(
+        self,
+        grad: torch.Tensor,
+        saved: tuple[torch.Tensor, ...],
+        need_x: bool,
+        need_params: tuple[bool, ...],
+        owned: bool,
+    ) -> tuple[torch.Tensor | None, ...]:
+        raise NotImplementedError
+
+    def _fused_apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` through the fused path: ``(..., in) -> (..., in, n_basis)``."""
+        params = self._fused_params(x.dtype)
+        x2 = x.reshape(-1, self.in_features)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            feats = _FusedBasisFunction.apply(x2, self, *params)
+        else:
+            feats = self._fused_forward(x2, params, False)[0]
+        return feats.view(*x.shape, self.n_basis)
+
+
+class _FusedBasisFunction(torch.autograd.Function):
+    """A basis's fused features as an autograd function of ``x`` and its parameters."""
+
+    @staticmethod
+    def forward(ctx, x, basis, *params):  # type: ignore[override]
+        feats, saved = basis._fused_forward(x, params, True)
+        ctx.basis = basis
+        ctx.save_for_backward(*saved)
+        return feats
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        g = grad.contiguous()
+        grads = ctx.basis._fused_backward(
+            g, ctx.saved_tensors, ctx.needs_input_grad[0], ctx.needs_input_grad[2:], g is not grad
+        )
+        return (grads[0], None, *grads[1:])
+
+
+def _row_sums(h: torch.Tensor) -> torch.Tensor:
+    """(M, in, K) -> (M, in): the sum over the last axis, as one matrix-vector product
+    (faster than a reduction over a short contiguous axis)."""
+    k = h.shape[-1]
+    return torch.mv(h.view(-1, k), h.new_ones(k)).view(h.shape[:-1])
 
 
 BASES: dict[str, Callable[..., KANBasis]] = {}
@@ -189,6 +258,24 @@ def _local_values(t: torch.Tensor, order: int) -> list[torch.Tensor]:
     return [c0, c1, 1 - c0 - c1 - c3, c3]
 
 
+def _local_values_into(t: torch.Tensor, order: int, out: torch.Tensor) -> None:
+    """``_local_values`` written into ``out[..., j]`` (the cubic closed form in place)."""
+    if order != 3:
+        for j, v in enumerate(_local_values(t, order)):
+            out[..., j].copy_(v)
+        return
+    t2 = t * t
+    t3 = t2 * t
+    s = 1 - t
+    c0 = (s * s).mul_(s).mul_(1 / 6)
+    c1 = (t3 * 0.5).sub_(t2).add_(2 / 3)
+    c3 = t3.mul_(1 / 6)
+    out[..., 0] = c0
+    out[..., 1] = c1
+    torch.sub(1 - c0, c1, out=out[..., 2]).sub_(c3)
+    out[..., 3] = c3
+
+
 def _local_derivatives(t: torch.Tensor, order: int) -> list[torch.Tensor]:
     """d/dt of the local values: N_{i-1}^{k-1} - N_i^{k-1} (closed form for cubics)."""
     if order == 3:
@@ -202,63 +289,6 @@ def _local_derivatives(t: torch.Tensor, order: int) -> list[torch.Tensor]:
     out = [-prev[0]]
     out += [prev[i - 1] - prev[i] for i in range(1, order)]
     return out + [prev[order - 1]]
-
-
-def _uniform_local(
-    x: torch.Tensor, lo: torch.Tensor, inv_h: torch.Tensor, order: int, n_basis: int
-):
-    """Nonzero B-splines of a uniform grid, computed on the ``order + 1`` local values only.
-
-    Returns (first, index, values, t): ``values[..., i]`` belongs to basis ``first + i``
-    (zero where that index is outside ``[0, n_basis)``; ``index`` is clamped into range)
-    and ``t`` is the local coordinate. The values are computed on x-shaped tensors (no
-    tiny trailing dimension).
-    """
-    u = (x - lo) * inv_h  # position in grid steps from the first inner knot
-    j = torch.floor(u).clamp(-(order + 1), n_basis)
-    t = u - j
-    first = j.to(torch.int32)
-    idx, valid = _local_index(first, order, n_basis)
-    return first, idx, torch.stack(_local_values(t, order), -1) * valid, t
-
-
-def _local_index(first: torch.Tensor, order: int, n_basis: int):
-    """Basis indices of the local values, clamped into range, and which of them are real."""
-    idx = first.long().unsqueeze(-1) + torch.arange(order + 1, device=first.device)
-    valid = (idx >= 0) & (idx < n_basis)
-    return idx.clamp_(0, n_basis - 1), valid
-
-
-def _scatter_local(idx: torch.Tensor, vals: torch.Tensor, n_basis: int) -> torch.Tensor:
-    # out-of-range values are zero, so adding them at a clamped index changes nothing
-    return vals.new_zeros(*vals.shape[:-1], n_basis).scatter_add_(-1, idx, vals)
-
-
-class _UniformBSplineFunction(torch.autograd.Function):
-    """Uniform-grid B-splines: local evaluation, one scatter, analytic backward."""
-
-    @staticmethod
-    def forward(ctx, x, lo, inv_h, order: int, n_basis: int):  # type: ignore[override]
-        first, idx, vals, t = _uniform_local(x, lo, inv_h, order, n_basis)
-        ctx.order, ctx.n_basis = order, n_basis
-        # keep the first index of each input (int32) and its local coordinate only
-        ctx.save_for_backward(first, t, inv_h)
-        return _scatter_local(idx, vals, n_basis)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        first, t, inv_h = ctx.saved_tensors
-        k = ctx.order
-        if k == 0 or not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        idx, valid = _local_index(first, k, ctx.n_basis)
-        g = grad.gather(-1, idx) * valid
-        d = _local_derivatives(t, k)
-        dx = g[..., 0] * d[0]
-        for i in range(1, k + 1):
-            dx = dx + g[..., i] * d[i]
-        return dx * inv_h, None, None, None, None
 
 
 def bspline_features(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
@@ -313,18 +343,50 @@ class BSplineBasis(KANBasis):
         knots = torch.arange(-k, g + k + 1, dtype=torch.float32) * h + lo
         return knots.expand(self.in_features, -1).contiguous()
 
+    @property
+    def fused(self) -> bool:
+        return self.uniform
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        grid = self.grid.to(x.dtype)
         if not self.uniform or x.device.type == "meta":
-            return bspline_features(x, grid, self.spline_order)
-        k = self.spline_order
-        lo = grid[:, k]
+            return bspline_features(x, self.grid.to(x.dtype), self.spline_order)
+        return self._fused_apply(x)
+
+    def _fused_forward(self, x, params, need_grad):
+        # uniform grid: only the order + 1 non-zero B-splines of each input are evaluated
+        # (on x-shaped tensors, closed form for cubics) and scattered into the features
+        k, n = self.spline_order, self.n_basis
+        grid = self.grid.to(x.dtype)
         inv_h = 1.0 / (grid[:, k + 1] - grid[:, k])
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _UniformBSplineFunction.apply(x, lo, inv_h, k, self.n_basis)
-        _, idx, vals, _ = _uniform_local(x, lo, inv_h, k, self.n_basis)
-        return _scatter_local(idx, vals, self.n_basis)
+        u = (x - grid[:, k]) * inv_h  # position in grid steps from the first inner knot
+        first = torch.floor(u).clamp_(-(k + 1), n)
+        t = u.sub_(first)  # local coordinate in [0, 1)
+        vals = x.new_empty(*x.shape, k + 1)  # value j belongs to basis first + j
+        _local_values_into(t, k, vals)
+        pos = first.unsqueeze(-1) + torch.arange(k + 1, dtype=x.dtype, device=x.device)
+        inside = pos.clamp(0, n - 1)
+        # a basis index that does not exist (pos < 0 or pos >= n) moves by k + 1 into range,
+        # onto a basis that is zero for that input and distinct from its other indices
+        # (n > k), so a plain scatter of its zeroed value is exact
+        side = pos.clamp(-1, n).sub_(inside)  # -1 below the grid, +1 above, 0 inside
+        valid = inside.eq_(pos)  # 1 where basis first + j exists, else 0
+        vals.mul_(valid)
+        index = pos.sub_(side.mul_(k + 1)).long()
+        feats = x.new_zeros(*x.shape, n).scatter_(-1, index, vals)
+        return feats, ((index, valid, t, inv_h) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+        k = self.spline_order
+        if k == 0 or not need_x:  # order-0 splines are piecewise constant
+            return (None,)
+        index, valid, t, inv_h = saved
+        g = grad.gather(-1, index).mul_(valid)  # (M, in, k + 1)
+        d = _local_derivatives(t, k)
+        dx = g[..., 0] * d[0]
+        for i in range(1, k + 1):
+            dx.addcmul_(g[..., i], d[i])
+        return (dx.mul_(inv_h),)
 
     @torch.no_grad()
     def grid_from_samples(self, x: torch.Tensor, grid_size: int, grid_eps: float) -> torch.Tensor:
@@ -391,69 +453,108 @@ class RBFBasis(KANBasis):
         self.register_buffer("centres", torch.linspace(lo, hi, n_basis), persistent=False)
         self.inv_width = 1.0 / (width or (hi - lo) / max(n_basis - 1, 1))
 
+    @property
+    def fused(self) -> bool:
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return torch.exp(-((x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width).square())
+        if x.device.type == "meta":  # shapes only: the plain formula
+            return self._plain(x)
+        return self._fused_apply(x)
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        t = (x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width
+        return torch.exp(-t.square())
+
+    def _scaled_offsets(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - c_k) / h into a new contiguous (..., in, K) buffer."""
+        t = x.new_empty(*x.shape, self.n_basis)
+        torch.sub(x.unsqueeze(-1), self.centres.to(x.dtype), out=t)
+        return t.mul_(self.inv_width)
+
+    def _fused_forward(self, x, params, need_grad):
+        # exp(-t^2), every step in place on the one feature buffer
+        f = self._scaled_offsets(x).square_().neg_().exp_()
+        return f, ((x, f) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+        # dF_k/dx = -2 / h^2 (x - c_k) F_k, so dx = -2 / h^2 (x sum_k gF_k - sum_k gF_k c_k)
+        if not need_x:
+            return (None,)
+        x, f = saved
+        h = grad.mul_(f) if owned else grad * f
+        h2 = h.view(-1, self.n_basis)
+        total = torch.mv(h2, h.new_ones(self.n_basis)).view_as(x)
+        moment = torch.mv(h2, self.centres.to(h.dtype)).view_as(x)
+        return (torch.addcmul(moment, x, total, value=-1).mul_(2 * self.inv_width**2),)
 
 
 @register_basis("rswaf")
 class RSWAFBasis(RBFBasis):
-    """Reflectional switch activations 1 - tanh((x - c_k) / h)^2 (FasterKAN, used by MLP-KAN)."""
+    """Reflectional switch activations 1 - tanh((x - c_k) / h)^2 (FasterKAN, used by MLP-KAN).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        t = torch.tanh((x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width)
-        return 1 - t.square()
+    The fused path evaluates tanh(t) as 2 sigmoid(2 t) - 1 (the same function; sigmoid
+    is the cheaper kernel on CPU).
+    """
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        t = (x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width
+        return 1 - torch.tanh(t).square()
+
+    def _fused_forward(self, x, params, need_grad):
+        tanh = self._scaled_offsets(x).mul_(2).sigmoid_().mul_(2).sub_(1)
+        f = torch.addcmul(tanh.new_ones(()), tanh, tanh, value=-1)  # 1 - tanh^2
+        return f, ((tanh, f) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+        # dF/dx = -2 tanh(t) F / h
+        if not need_x:
+            return (None,)
+        tanh, f = saved
+        h = grad.mul_(f) if owned else grad * f
+        return (_row_sums(h.mul_(tanh)).mul_(-2 * self.inv_width),)
 
 
 # ----- orthogonal polynomials -----------------------------------------------------------
 
 
-class _PolyFunction(torch.autograd.Function):
-    """Three-term-recurrence polynomial features with an analytic backward.
+def _poly_forward(x, coefs, n_basis: int, squash: bool, need_grad: bool):
+    """Three-term-recurrence polynomial features (M, in, K) and their derivatives.
 
     With p_0 = 1, p_1 = A_0 t + B_0 and p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}, the
     derivatives follow the differentiated recurrence d_0 = 0, d_1 = A_0,
-    d_{n+1} = A_n p_n + (A_n t + B_n) d_n - C_n d_{n-1}. The forward computes them on
-    contiguous x-shaped tensors (all times 1 - tanh(x)^2 under the tanh squash, which is
-    linear in the recurrence, so it enters through d_1 and the A_n p_n terms) and keeps them,
-    so the backward is one multiply-add per degree: dx = sum_n grad_n d_n.
+    d_{n+1} = A_n p_n + (A_n t + B_n) d_n - C_n d_{n-1}. They are computed on contiguous
+    x-shaped tensors (all times 1 - tanh(x)^2 under the tanh squash, which is linear in
+    the recurrence, so it enters through d_1 and the A_n p_n terms) and kept, so the
+    backward is one multiply-add per degree: dx = sum_n grad_n d_n.
     """
-
-    @staticmethod
-    def forward(ctx, x, coefs, n_basis: int, squash: bool):  # type: ignore[override]
-        t = torch.tanh(x) if squash else x
-        buf = t.new_empty(n_basis, *t.shape)  # degree-major: every write is contiguous
-        buf[0] = 1.0
-        a0, b0, _ = coefs[0]
-        torch.add(t * a0, b0, out=buf[1])
-        dt = 1 - t * t if squash else None
-        # d_1 = A_0 is constant: fold the squash derivative into it at once
-        derivs = [dt * a0 if squash else torch.full_like(t, a0)]
-        for n in range(1, n_basis - 1):
-            a, b, c = coefs[n]
-            lin = t * a + b if b else t * a
+    t = torch.tanh(x) if squash else x
+    out = t.new_empty(*t.shape, n_basis)
+    out[..., 0] = 1.0
+    a0, b0, _ = coefs[0]
+    # the recurrence runs on contiguous x-shaped tensors; each degree is written once
+    p_prev, p = torch.ones_like(t), torch.add(t * a0, b0)
+    out[..., 1] = p
+    dt = 1 - t * t if squash and need_grad else None
+    # d_1 = A_0 is constant: fold the squash derivative into it at once
+    derivs = []
+    if need_grad:
+        derivs.append(dt * a0 if squash else torch.full_like(t, a0))
+    for n in range(1, n_basis - 1):
+        a, b, c = coefs[n]
+        lin = t * a + b if b else t * a
+        if need_grad:
             # d/dx of p_{n+1}: the squash factor enters the first term only, the others
             # (derivs) carry it already
-            d = buf[n] * dt * a if squash else buf[n] * a
+            d = p * dt * a if squash else p * a
             d = d.addcmul_(lin, derivs[-1])
             if n > 1:
                 d = d.sub_(derivs[-2], alpha=c)
             derivs.append(d)
-            torch.sub(lin * buf[n], buf[n - 1], alpha=c, out=buf[n + 1])
-        ctx.save_for_backward(*derivs)
-        return buf.movedim(0, -1).contiguous()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        derivs = ctx.saved_tensors
-        gx = grad[..., 1] * derivs[0]
-        for n in range(2, grad.shape[-1]):
-            gx.addcmul_(grad[..., n], derivs[n - 1])
-        return gx, None, None, None
+        p_prev, p = p, torch.sub(lin.mul_(p), p_prev, alpha=c)
+        out[..., n + 1] = p
+    return out, tuple(derivs)
 
 
 class _PolynomialBasis(KANBasis):
@@ -484,12 +585,28 @@ class _PolynomialBasis(KANBasis):
         p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}; None where a coefficient is learned."""
         return None
 
+    @property
+    def fused(self) -> bool:
+        return self.n_basis > 1 and self.recurrence() is not None
+
+    def _fused_forward(self, x, params, need_grad):
+        coefs = self.recurrence()
+        return _poly_forward(x, coefs, self.n_basis, self.squash == "tanh", need_grad)
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+        if not need_x:
+            return (None,)
+        gx = grad[..., 1] * saved[0]
+        for n in range(2, grad.shape[-1]):
+            gx.addcmul_(grad[..., n], saved[n - 1])
+        return (gx,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         coefs = self.recurrence()
         if coefs is not None and self.n_basis > 1 and x.device.type != "meta":
             # one preallocated output and an analytic backward (same values as ``polys``)
-            return _PolyFunction.apply(x, coefs, self.n_basis, self.squash == "tanh")
+            return self._fused_apply(x)
         t = torch.tanh(x) if self.squash == "tanh" else x
         return torch.stack(self.polys(t), dim=-1)
 
@@ -583,6 +700,10 @@ class GramBasis(_PolynomialBasis):
             return None  # learned coefficients: autograd through ``polys``
         return [(1.0, 0.0, 0.0)] + [(1.0, 0.0, self.betas[n]) for n in range(1, self.degree)]
 
+    @property
+    def fused(self) -> bool:
+        return self.post_act is None and super().fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = super().forward(x)
         return F.silu(feats) if self.post_act == "silu" else feats
@@ -647,35 +768,6 @@ class JacobiBasis(_PolynomialBasis):
 # ----- wavelets (Wav-KAN) ---------------------------------------------------------------
 
 
-class _WaveletFunction(torch.autograd.Function):
-    """psi((x - c) / s) with an analytic backward to x, the centres and the log-scales.
-
-    With h = grad * psi'(t): dx = sum_k h / s, dc = -sum_batch h / s, dlog s = -sum_batch h t.
-    """
-
-    @staticmethod
-    def forward(ctx, x, centres, log_scale, basis):  # type: ignore[override]
-        inv_s = torch.exp(-log_scale)
-        t = (x.unsqueeze(-1) - centres) * inv_s
-        psi, dpsi = basis.psi_and_dpsi(t)
-        # psi'(t) shares its costly factors with psi(t): keep it rather than recompute
-        ctx.save_for_backward(x, centres, inv_s, dpsi)
-        return psi
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        x, centres, inv_s, dpsi = ctx.saved_tensors
-        t = (x.unsqueeze(-1) - centres) * inv_s
-        h = grad * dpsi
-        hs = h * inv_s
-        dims = tuple(range(h.ndim - 2))
-        grad_x = hs.sum(-1) if ctx.needs_input_grad[0] else None
-        grad_c = -hs.sum(dims) if ctx.needs_input_grad[1] else None
-        grad_ls = -(h * t).sum(dims) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_c, grad_ls, None
-
-
 class _WaveletBasis(KANBasis):
     """psi((x - c_k) / s_k) for ``n_basis`` learnable centres and scales per input feature."""
 
@@ -709,16 +801,43 @@ class _WaveletBasis(KANBasis):
     def dpsi(t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @classmethod
-    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return cls.psi(t), cls.dpsi(t)
+    def _psi_inplace(self, t: torch.Tensor, need_grad: bool):
+        """(psi(t), psi'(t) or None) from a buffer t that stays unchanged; new buffers only."""
+        raise NotImplementedError
+
+    @property
+    def fused(self) -> bool:
+        return True
+
+    def _fused_params(self, dtype):
+        return self.centres.to(dtype), self.log_scale.to(dtype)
+
+    def _fused_forward(self, x, params, need_grad):
+        c, ls = params
+        inv_s = torch.exp(-ls)
+        t = x.new_empty(*x.shape, self.n_basis)
+        torch.sub(x.unsqueeze(-1), c, out=t).mul_(inv_s)
+        psi, dpsi = self._psi_inplace(t, need_grad)
+        # psi'(t) shares its costly factors with psi(t): keep it rather than recompute
+        return psi, ((t, dpsi, inv_s) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+        # with h = grad psi'(t): dx = sum_k h / s, dc = -sum_batch h / s,
+        # dlog s = -sum_batch h t
+        t, dpsi, inv_s = saved
+        h = grad.mul_(dpsi) if owned else grad * dpsi
+        hs = h.mul_(inv_s)  # h / s
+        grad_x = _row_sums(hs) if need_x else None
+        grad_c = -hs.sum(0) if need_params[0] else None
+        grad_ls = hs.mul_(t).sum(0).div_(-inv_s) if need_params[1] else None
+        return grad_x, grad_c, grad_ls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        c, ls = self.centres.to(x.dtype), self.log_scale.to(x.dtype)
-        if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or ls.requires_grad):
-            return _WaveletFunction.apply(x, c, ls, self)
-        return self.psi((x.unsqueeze(-1) - c) * torch.exp(-ls))
+        if x.device.type == "meta":  # shapes only: the plain formula
+            c, ls = self.centres.to(x.dtype), self.log_scale.to(x.dtype)
+            return self.psi((x.unsqueeze(-1) - c) * torch.exp(-ls))
+        return self._fused_apply(x)
 
 
 @register_basis("mexican_hat")
@@ -737,11 +856,15 @@ class MexicanHatBasis(_WaveletBasis):
         t2 = t.square()
         return c * t * (t2 - 3) * torch.exp(-0.5 * t2)
 
-    @classmethod
-    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t2 = t.square()
-        ce = (2.0 / (math.sqrt(3.0) * math.pi**0.25)) * torch.exp(-0.5 * t2)
-        return ce * (1 - t2), ce * t * (t2 - 3)
+    def _psi_inplace(self, t, need_grad):
+        q = t * t
+        # C exp(-t^2 / 2) as one exponential: exp(log C - t^2 / 2)
+        ce = q.mul(-0.5).add_(math.log(2.0 / (math.sqrt(3.0) * math.pi**0.25))).exp_()
+        if not need_grad:
+            return torch.addcmul(ce, q, ce, value=-1), None  # (1 - t^2) C exp(-t^2 / 2)
+        a = q.sub_(3).mul_(ce)  # (t^2 - 3) C exp(-t^2 / 2)
+        psi = ce.mul_(-2).sub_(a)  # (1 - t^2) C exp(-t^2 / 2)
+        return psi, a.mul_(t)  # C t (t^2 - 3) exp(-t^2 / 2)
 
 
 @register_basis("morlet")
@@ -760,12 +883,15 @@ class MorletBasis(_WaveletBasis):
         wt = w * t
         return -(w * torch.sin(wt) + t * torch.cos(wt)) * torch.exp(-0.5 * t.square())
 
-    @classmethod
-    def psi_and_dpsi(cls, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = torch.exp(-0.5 * t.square())
-        wt = cls.omega0 * t
-        ce = torch.cos(wt) * e
-        return ce, -(cls.omega0 * torch.sin(wt) * e + t * ce)
+    def _psi_inplace(self, t, need_grad):
+        e = torch.mul(t, t).mul_(-0.5).exp_()
+        wt = t * self.omega0
+        psi = torch.cos(wt).mul_(e)
+        if not need_grad:
+            return psi, None
+        # -(omega0 sin(omega0 t) + t cos(omega0 t)) exp(-t^2 / 2)
+        dpsi = wt.sin_().mul_(e).mul_(-self.omega0).addcmul_(t, psi, value=-1)
+        return psi, dpsi
 
 
 def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
