@@ -45,6 +45,7 @@ __all__ = [
     "measure_model",
     "measure_peak_memory",
     "measure_throughput",
+    "throughput_result",
     "timed_blocks",
 ]
 
@@ -447,20 +448,27 @@ def measure_throughput(
         )
     finally:
         model.train(was_training)
+    return throughput_result(timed, batch, device, max_ratio)
+
+
+def throughput_result(
+    timed: TimedBlocks, batch: int, device: torch.device, max_ratio: float
+) -> ThroughputResult:
+    """Images per second (median and spread) of an accepted block of batches."""
     rates = sorted(batch / t if t > 0 else math.inf for t in timed.times)
     q1, median, q3 = _quartiles(rates)
     return ThroughputResult(
         images_per_s=median,
         batch=batch,
         seconds=sum(timed.times) * timed.number,
-        iterations=repeats * timed.number,
+        iterations=len(timed.times) * timed.number,
         device=str(device),
         threads=torch.get_num_threads(),
         min_images_per_s=rates[0],
         max_images_per_s=rates[-1],
         q1_images_per_s=q1,
         q3_images_per_s=q3,
-        repeats=repeats,
+        repeats=len(timed.times),
         number=timed.number,
         blocks=timed.blocks,
         ratio=timed.ratio,

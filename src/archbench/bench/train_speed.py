@@ -18,7 +18,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -27,16 +26,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .measure import (
     STABLE_RATIO,
+    ThroughputResult,
     _calibrate,
     _input_shape,
     _model_device,
-    _quartiles,
     _sync,
+    throughput_result,
     timed_blocks,
 )
 
 __all__ = [
-    "TrainThroughputResult",
     "count_train_flops",
     "measure_peak_flops",
     "measure_train_throughput",
@@ -139,35 +138,6 @@ def measure_peak_flops(
     }
 
 
-@dataclass
-class TrainThroughputResult:
-    """Images per second of training steps at ``batch``, from the accepted block.
-
-    A step is forward, cross-entropy against random labels, backward and an SGD step
-    (momentum 0.9) on a copy of the model in train mode. Spread fields as in
-    :class:`archbench.bench.ThroughputResult`.
-    """
-
-    images_per_s: float
-    batch: int
-    device: str
-    threads: int
-    min_images_per_s: float
-    max_images_per_s: float
-    q1_images_per_s: float
-    q3_images_per_s: float
-    repeats: int
-    number: int
-    blocks: int
-    ratio: float
-    max_ratio: float
-    unstable: bool
-    load_avg: list[float] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def measure_train_throughput(
     model: nn.Module,
     img_size: int | tuple[int, int] | None = None,
@@ -181,8 +151,13 @@ def measure_train_throughput(
     max_blocks: int = 4,
     max_ratio: float = STABLE_RATIO,
     timer: Callable[[], float] = time.perf_counter,
-) -> TrainThroughputResult:
-    """Training images per second of a copy of ``model`` (the model itself is not touched)."""
+) -> ThroughputResult:
+    """Training images per second of a copy of ``model`` (the model itself is not touched).
+
+    A step is forward, cross-entropy against random labels, backward and an SGD step
+    (momentum 0.9) in train mode; blocks, spread and stability as in
+    :func:`archbench.bench.measure_throughput`.
+    """
     if batch < 2:
         raise ValueError(f"a training step needs batch >= 2 (batch statistics), got {batch}")
     if repeats < 2 or warmup < 0:
@@ -203,25 +178,7 @@ def measure_train_throughput(
     timed = timed_blocks(
         step, repeats, number, max_blocks=max_blocks, max_ratio=max_ratio, timer=timer, sync=sync
     )
-    rates = sorted(batch / t if t > 0 else math.inf for t in timed.times)
-    q1, median, q3 = _quartiles(rates)
-    return TrainThroughputResult(
-        images_per_s=median,
-        batch=batch,
-        device=str(device),
-        threads=torch.get_num_threads(),
-        min_images_per_s=rates[0],
-        max_images_per_s=rates[-1],
-        q1_images_per_s=q1,
-        q3_images_per_s=q3,
-        repeats=repeats,
-        number=timed.number,
-        blocks=timed.blocks,
-        ratio=timed.ratio,
-        max_ratio=max_ratio,
-        unstable=timed.unstable,
-        load_avg=timed.load_avg,
-    )
+    return throughput_result(timed, batch, device, max_ratio)
 
 
 def train_utilization(
