@@ -13,17 +13,23 @@ largest peak of a finished child (the workers; ``RUSAGE_CHILDREN``). ``load_s`` 
 ``load_dataset`` (for streaming: listing, the decode pass that finds unreadable files
 and the pass that measures mean/std); ``epoch_images_per_s`` is training images read
 per second of one epoch at ``--batch``. 224x224 at 100k is skipped unless
-``--with-224-100k`` (it needs ~15 GB in memory and ~1 GB of JPEGs).
+``--with-224-100k`` (it needs ~15 GB in memory and ~1 GB of JPEGs) or
+``--stream-only-above N`` with N below 100k: counts above N are measured with the
+streamed loader only (the in-memory row is recorded as skipped). Each row records the
+1-minute load average before and after its measurement (``loadavg_before/after``).
 
 Run: ``.venv/bin/python benchmarks/stream_memory.py [--counts 1000 10000 100000]
-[--sizes 32 224] [--workers 2] [--batch 256]``. Writes
-``benchmarks/results/stream_memory.json`` and prints a table.
+[--sizes 32 224] [--workers 2] [--batch 256] [--stream-only-above N] [--append]``.
+Writes ``benchmarks/results/stream_memory.json`` (``--out``; with ``--append`` the rows
+are merged into an existing file, replacing rows of the same size, count and loader)
+and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -96,11 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/archbench_stream_bench", help="image cache folder")
     ap.add_argument("--with-224-100k", action="store_true")
     ap.add_argument(
+        "--stream-only-above",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for counts above N measure only the streamed loader",
+    )
+    ap.add_argument("--append", action="store_true", help="merge rows into an existing --out")
+    ap.add_argument(
         "--modes", nargs="+", choices=["in_memory", "stream"], default=["in_memory", "stream"]
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "stream_memory.json"))
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement
     args = ap.parse_args(argv)
+    if args.stream_only_above is not None and args.stream_only_above < 0:
+        ap.error(f"--stream-only-above must be >= 0, got {args.stream_only_above}")
     if args.measure:
         print(json.dumps(measure(args.measure, args.batch)))
         return 0
@@ -110,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes:
         for count in args.counts:
-            if size > 64 and count >= 100000 and not args.with_224_100k:
+            stream_only = args.stream_only_above is not None and count > args.stream_only_above
+            if size > 64 and count >= 100000 and not (args.with_224_100k or stream_only):
                 rows.append({"size": size, "count": count, "skipped": "needs ~15 GB in memory"})
                 print(f"{size}px x {count}: skipped (in-memory copy would need ~15 GB)")
                 continue
@@ -124,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 if mode not in args.modes:
                     continue
+                if mode == "in_memory" and stream_only:
+                    rows.append(
+                        {"size": size, "count": count, "mode": mode, "skipped": "stream only"}
+                    )
+                    continue
+                load_before = round(os.getloadavg()[0], 2)
                 cmd = [sys.executable, __file__, "--measure", spec, "--batch", str(args.batch)]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     raise RuntimeError(f"{mode} {size}px x {count} failed:\n{done.stderr[-2000:]}")
                 row = {"size": size, "count": count, "mode": mode, **json.loads(done.stdout)}
                 row["generate_s"] = round(gen_s, 1)
+                row["loadavg_before"] = load_before
+                row["loadavg_after"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(
                     f"{size:>4}px {count:>7} {mode:<9} load {row['load_s']:>8.2f}s  "
@@ -139,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        new_keys = {(r["size"], r["count"], r.get("mode")) for r in rows}
+        old_rows = json.loads(out.read_text()).get("rows", [])
+        kept = [r for r in old_rows if (r["size"], r["count"], r.get("mode")) not in new_keys]
+        rows = kept + rows
     record = {
         "benchmark": "stream_memory",
         "conditions": {

@@ -130,16 +130,34 @@ class DataBundle:
         return d
 
 
+# channel_stats converts at most this many pixel values to float64 at a time (128 MB),
+# and never more than 4096 images: images of up to 5461 values (3x32x32 is 3072) keep the
+# 4096-image chunks, and with them the exact sums, of earlier versions.
+_STATS_CHUNK_ELEMENTS = 2**24
+_STATS_CHUNK_IMAGES = 4096
+
+
+def _stats_chunk(images: torch.Tensor) -> int:
+    """Images per float64 chunk in ``channel_stats`` for this batch's image size."""
+    per_image = max(1, math.prod(images.shape[1:]))
+    return min(_STATS_CHUNK_IMAGES, max(1, _STATS_CHUNK_ELEMENTS // per_image))
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units (chunked, float64)."""
+    """Per-channel mean and std of uint8 images in [0, 1] units.
+
+    Sums run in float64 over chunks of ``_stats_chunk`` images, squared in place, so the
+    temporary memory stays near ``8 * _STATS_CHUNK_ELEMENTS`` bytes (one image's worth
+    when a single image holds more values) however many images there are.
+    """
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
     n = 0
-    for chunk in images.split(4096):
+    for chunk in images.split(_stats_chunk(images)):
         x = chunk.double().div_(255.0)
         s += x.sum(dim=(0, 2, 3))
-        s2 += (x * x).sum(dim=(0, 2, 3))
+        s2 += x.mul_(x).sum(dim=(0, 2, 3))
         n += x.shape[0] * x.shape[2] * x.shape[3]
     if n == 0:
         return tuple([0.5] * c), tuple([0.25] * c)
