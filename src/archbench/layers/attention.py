@@ -59,7 +59,10 @@ class Attention(nn.Module):
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients into
+        # one buffer, where three selects would each fill a zeroed qkv-sized tensor and add
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape

@@ -158,7 +158,7 @@ class CosineCpbAttention(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)
         scale = F.softplus(self.temperature) * math.log(n)
         q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
         bias = self.cpb(size, size, self.pretrain_size or size).unsqueeze(0).to(q.dtype)
@@ -442,7 +442,7 @@ class SlicedGroupAttention(nn.Module):
         g, m = num_groups, n // num_groups
         qkv = self.qkv(x).reshape(b * g, m, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0
+            *qkv.unbind(0), dropout_p=self.attn_drop if self.training else 0.0
         )
         out = out.transpose(1, 2).reshape(b, n, c)
         if order is not None:

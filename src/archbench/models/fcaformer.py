@@ -145,7 +145,7 @@ class FcaAttentionBlock(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)
         bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0)  # (1, h, N, N)
         if self.num_cross:
             if cross is None or cross.shape[1] != self.num_cross:
