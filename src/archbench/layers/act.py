@@ -52,12 +52,21 @@ ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def create_act(name: str | Callable[[], nn.Module] | None) -> nn.Module:
-    """Build an activation from a name in ``ACT_LAYERS`` or a zero-argument callable."""
+def create_act(name: str | Callable[[], nn.Module] | None, inplace: bool = False) -> nn.Module:
+    """Build an activation from a name in ``ACT_LAYERS`` or a zero-argument callable.
+
+    ``inplace=True`` makes a named activation that has an in-place form (ReLU, leaky ReLU,
+    SiLU, hard-swish, ...) overwrite its input instead of allocating its output. Callers
+    pass it only where the input is a temporary nothing else reads: a norm's output inside
+    ``ConvNormAct``, a residual sum. A callable is built as given.
+    """
     if name is None:
         return nn.Identity()
     if callable(name):
         return name()
     if name not in ACT_LAYERS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACT_LAYERS)}")
-    return ACT_LAYERS[name]()
+    act = ACT_LAYERS[name]()
+    if inplace and hasattr(act, "inplace"):
+        act.inplace = True
+    return act

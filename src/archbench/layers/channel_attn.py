@@ -64,7 +64,7 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         rd = rd_channels or make_divisible(channels * rd_ratio, rd_divisor, min_value=1)
         self.fc1 = nn.Conv2d(channels, rd, 1)
-        self.act = create_act(act)
+        self.act = create_act(act, inplace=True)  # on fc1's output, read by nothing else
         self.fc2 = nn.Conv2d(rd, channels, 1)
         self.gate = create_act(gate)
 

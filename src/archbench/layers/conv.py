@@ -29,7 +29,11 @@ class ConvNormAct(nn.Sequential):
     ``padding=None`` means "same" padding for odd kernels (``(k - 1) // 2`` per axis,
     times the dilation); pass an int or a pair for anything else, such as the
     unpadded ("valid") convolutions of Inception. ``norm=None`` or ``act=None`` leaves
-    that part out. Submodules are named ``conv``, ``norm`` and ``act``.
+    that part out. Submodules are named ``conv``, ``norm`` and ``act``. A named activation
+    after a norm runs in place on the norm's output, so a hook on ``norm`` sees the
+    activated values; hook the ``conv`` or the whole module instead. ``inplace_act``
+    overrides that choice (``True`` without a norm: the activation then overwrites the
+    convolution's output).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class ConvNormAct(nn.Sequential):
         norm: str | Callable[[int], nn.Module] | None = "batchnorm",
         act: str | Callable[[], nn.Module] | None = "relu",
         norm_eps: float | None = None,
+        inplace_act: bool | None = None,
     ) -> None:
         super().__init__()
         if in_chs <= 0 or out_chs <= 0:
@@ -63,7 +68,12 @@ class ConvNormAct(nn.Sequential):
             if norm_eps is not None and hasattr(self.norm, "eps"):
                 self.norm.eps = norm_eps
         if act is not None:
-            self.act = create_act(act)
+            # The norm's output is this module's own temporary: the activation overwrites
+            # it (as timm does), saving one allocation per layer. Without a norm it would
+            # overwrite the convolution's output, which hooks on ``conv`` may keep, so
+            # that takes ``inplace_act=True``.
+            inplace = norm is not None if inplace_act is None else inplace_act
+            self.act = create_act(act, inplace=inplace)
 
     @property
     def out_channels(self) -> int:

@@ -46,7 +46,7 @@ class ResBottleneck(nn.Module):
         self.conv2 = ConvNormAct(mid, mid, 3, act=act)
         self.conv3 = ConvNormAct(mid, chs, 1, act=None)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = create_act(act)
+        self.act = create_act(act, inplace=True)  # on the fresh residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.drop_path(self.conv3(self.conv2(self.conv1(x)))))

@@ -68,16 +68,22 @@ class MobileOneBlock(nn.Module):
             )
             self.rbr_scale = _ConvBN(cin, cout, 1, stride, groups) if kernel_size > 1 else None
         self.se = SqueezeExcite(cout, rd_channels=int(cout * 0.0625)) if use_se else nn.Identity()
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return self.act(self.se(self.reparam_conv(x)))
-        out = self.rbr_skip(x) if self.rbr_skip is not None else 0
+        parts = [self.rbr_skip] if self.rbr_skip is not None else []
         if self.rbr_scale is not None:
-            out = out + self.rbr_scale(x)
-        for branch in self.rbr_conv:
-            out = out + branch(x)
+            parts.append(self.rbr_scale)
+        parts.extend(self.rbr_conv)
+        out = parts[0](x)
+        if len(parts) > 1:
+            # The first sum is a fresh tensor; the other branches are added into it in
+            # place (no branch's own output is overwritten), in the same order as before.
+            out = out + parts[1](x)
+            for branch in parts[2:]:
+                out += branch(x)
         return self.act(self.se(out))
 
     @torch.no_grad()

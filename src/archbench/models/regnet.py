@@ -105,7 +105,7 @@ class RegNetBlock(nn.Module):
             else nn.Identity()
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv3(self.se(self.conv2(self.conv1(x))))

@@ -76,7 +76,7 @@ class VGG(ImageClassifier):
         for i, (d, w) in enumerate(zip(depths, widths)):
             layers: list[nn.Module] = []
             for _ in range(d):
-                layers.append(ConvNormAct(cin, w, 3, norm=norm, act="relu"))
+                layers.append(ConvNormAct(cin, w, 3, norm=norm, act="relu", inplace_act=True))
                 cin = w
             layers.append(nn.MaxPool2d(2, 2))
             stages.append(nn.Sequential(*layers))
@@ -85,10 +85,10 @@ class VGG(ImageClassifier):
         self.cam_target = f"stages.{len(stages) - 1}"
         self.fc = nn.Sequential(
             nn.Conv2d(cin, fc_dim, fc_kernel),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
             nn.Conv2d(fc_dim, fc_dim, 1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
         )
         self.num_features = fc_dim
