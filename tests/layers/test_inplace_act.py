@@ -85,7 +85,18 @@ def test_conv_norm_act_is_in_place_only_after_a_norm():
 
 
 @pytest.mark.parametrize(
-    "name", ["cspdarknet53", "cspresnet50", "ese_vovnet19b_dw", "regnety_040", "vgg16"]
+    "name",
+    [
+        "cspdarknet53",
+        "cspresnet50",
+        "ese_vovnet19b_dw",
+        "regnety_040",
+        "vgg16",
+        "res2net50_26w_4s",
+        "resnest50",
+        "resnetrs50",
+        "seresnet50",
+    ],
 )
 def test_families_activate_in_place_like_timm(name):
     """Every activation of these families runs in place on its own temporary."""

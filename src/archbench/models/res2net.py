@@ -63,7 +63,7 @@ class Res2NetBottleneck(nn.Module):
         self.attn = create_attn(attn_layer, out)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.norm.weight)

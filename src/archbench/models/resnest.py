@@ -102,7 +102,7 @@ class ResNeStBottleneck(nn.Module):
         self.conv3 = ConvNormAct(width, out, 1, act=None)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)

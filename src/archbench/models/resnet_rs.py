@@ -55,7 +55,7 @@ class SEBottleneck(nn.Module):
         self.se = SqueezeExcite(out, rd_ratio=se_ratio) if se_ratio > 0 else nn.Identity()
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
