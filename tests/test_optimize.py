@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 import archbench
 from archbench.commands.bench import bench_models, print_bench_table
+from archbench.layers.packed_linear import PackedLinear
 from archbench.models import create_model, get_model_card, list_models
 from archbench.optimize import (
     FP32_TOLERANCE,
@@ -124,8 +127,8 @@ def test_every_cpu_variant_keeps_its_outputs_or_is_refused(name):
     model = create_model(name)
     size = get_model_card(name).img_size
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    try:
-        fast = optimize(model)
+    try:  # every linear layer through oneDNN, so that path is checked on every variant too
+        fast = optimize(model, onednn_linear=True)
     except ValueError as err:
         assert name in REFUSED, f"{name} refused: {err}"
         assert REFUSED[name] in str(err)
@@ -142,13 +145,14 @@ def test_every_cpu_variant_keeps_its_outputs_or_is_refused(name):
 
 
 def test_folds_and_fuses_what_it_should():
-    resnet = optimize(create_model("resnet_pico"))
+    resnet = optimize(create_model("resnet_pico"), onednn_linear=False)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
     assert resnet.optimize_report["steps"] == ["fold_bn", "channels_last"]
-    mobileone = optimize(create_model("mobileone_pico"))
+    mobileone = optimize(create_model("mobileone_pico"), onednn_linear=False)
     assert "reparameterize" in mobileone.optimize_report["steps"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in mobileone.modules())
-    vit = optimize(create_model("vit_pico"))  # one patch-embedding conv: no channels_last
+    # one patch-embedding conv: no channels_last
+    vit = optimize(create_model("vit_pico"), onednn_linear=False)
     assert vit.optimize_report["steps"] == []
     assert FP32_TOLERANCE == (RTOL, ATOL)
 
@@ -250,3 +254,60 @@ def test_bench_optimized_reports_both(capsys):
     print_bench_table(records, 4)
     header = capsys.readouterr().out.splitlines()[0]
     assert "latency b1 (ms)" in header and "optimized img/s" in header
+
+
+def _linears(model: nn.Module) -> dict[str, type]:
+    return {n: type(m) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_onednn_linear_packs_every_linear_and_fuses_mlp_gelu():
+    torch.manual_seed(0)
+    model = create_model("vit_pico").eval()
+    fast = optimize(model, onednn_linear=True)
+    assert fast.optimize_report["steps"] == ["onednn_linear"]
+    assert set(_linears(fast).values()) == {PackedLinear}
+    assert set(_linears(fast)) == set(_linears(model))
+    for blk in fast.blocks:  # GELU moved into fc1's kernel
+        assert blk.mlp.fc1.act == "gelu" and isinstance(blk.mlp.act, nn.Identity)
+        assert blk.attn.qkv.act == "none"
+    assert fast.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        _close(fast(x), model(x))
+
+
+def test_onednn_linear_auto_packs_only_layers_timed_faster(monkeypatch):
+    opt_mod = sys.modules["archbench.optimize"]  # the package exports the function by that name
+
+    timed = []
+
+    def fake_speedup(linear, act, shape, rounds=7):
+        timed.append((linear.in_features, linear.out_features, act, shape))
+        return 1.5 if act == "gelu" else 1.04  # 1.04: below the 5% margin
+
+    monkeypatch.setattr(opt_mod, "_linear_speedup", fake_speedup)
+    model = create_model("vit_pico")
+    fast = optimize(model, example_input=torch.randn(4, 3, 32, 32))
+    packed = {n for n, t in _linears(fast).items() if t is PackedLinear}
+    assert packed == {f"blocks.{i}.mlp.fc1" for i in range(len(fast.blocks))}
+    # each distinct layer shape timed once, on the rows example_input gives it
+    assert len(timed) == len(set(timed)) == 5
+    assert (128, 256, "gelu", (4, 65, 128)) in timed
+    report = fast.optimize_report["onednn_linear"]
+    assert sorted(report["packed"]) == sorted(packed) and len(report["timed"]) == 5
+    monkeypatch.setattr(opt_mod, "_linear_speedup", lambda *a, **k: 1.0)
+    assert optimize(model).optimize_report["steps"] == []
+
+
+def test_onednn_linear_refused_or_skipped_where_unavailable(monkeypatch):
+    opt_mod = sys.modules["archbench.optimize"]  # the package exports the function by that name
+
+    model = create_model("vit_pico")
+    monkeypatch.setattr(opt_mod, "onednn_linear_available", lambda: (False, "no oneDNN here"))
+    with pytest.raises(ValueError, match="onednn_linear=True refused: no oneDNN here"):
+        optimize(model, onednn_linear=True)
+    fast = optimize(model)  # "auto" leaves the layers alone and says why
+    assert fast.optimize_report["onednn_linear"] == {"skipped": "no oneDNN here"}
+    assert set(_linears(fast).values()) == {nn.Linear}
+    with pytest.raises(ValueError, match="onednn_linear must be"):
+        optimize(model, onednn_linear="yes")

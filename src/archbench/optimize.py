@@ -14,7 +14,16 @@ that computes the same function within a stated tolerance, faster on CPU:
    layers), which lets oneDNN run convolutions without re-ordering activations.
 4. **bf16** (``dtype="bf16"``): floating weights and buffers are cast to bfloat16, the
    input is cast on the way in and the output back to float32 on the way out.
-5. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
+5. **oneDNN linear layers** (``onednn_linear``, float32 on the CPU): an ``nn.Linear`` is
+   replaced by a :class:`~archbench.layers.packed_linear.PackedLinear` (same parameters
+   and state dict) that runs oneDNN's inner product on a weight packed once, with the
+   bias and, in an ``Mlp``, the GELU that follows in the kernel's epilogue. With
+   ``"auto"`` (the default) each distinct layer shape is timed both ways on the rows
+   ``example_input`` gives it (alternating, median of the per-round ratios) and packed
+   only where oneDNN is at least 5% faster: which kernel wins depends on the shapes and
+   the CPU. ``True`` packs every linear layer, ``False`` none. Pass ``example_input`` at
+   the batch size you will serve, since the choice is made for those shapes.
+6. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
    keeps its class and methods.
 
 Which Conv2d feeds which BatchNorm2d is found from the data flow of one traced forward
@@ -48,6 +57,8 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +66,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .layers.mlp import Mlp
+from .layers.packed_linear import PackedLinear, onednn_linear_available
 from .layers.reparam import reparameterize_model
 
 __all__ = [
@@ -65,6 +78,7 @@ __all__ = [
     "fold_batchnorm",
     "optimize",
     "outputs_match",
+    "pack_linears",
 ]
 
 # (rtol, atol): |optimized - original| <= atol + rtol * max|original|, elementwise max.
@@ -271,6 +285,104 @@ def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     model.register_forward_hook(cast_out)
 
 
+# oneDNN replaces a linear layer only where it is at least this much faster ("auto").
+LINEAR_MIN_GAIN = 1.05
+
+
+def _linear_plan(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str, tuple]]:
+    """(name, activation to fuse, input shape) of every float32 CPU ``nn.Linear`` that runs
+    on ``example_input``; the activation is GELU when the layer is an ``Mlp``'s ``fc1``."""
+    shapes: dict[str, tuple] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(m: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32:
+                shapes.setdefault(name, tuple(x.shape))
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(record(name))
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear  # exactly: a subclass may compute something else
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    gelu_after: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Mlp) and type(m.fc1) is nn.Linear and type(m.act) is nn.GELU:
+            act = "gelu_tanh" if m.act.approximate == "tanh" else "gelu"
+            gelu_after[f"{name}.fc1" if name else "fc1"] = act
+    return [(name, gelu_after.get(name, "none"), shape) for name, shape in shapes.items()]
+
+
+def _linear_speedup(linear: nn.Linear, act: str, shape: tuple, rounds: int = 7) -> float:
+    """Median per-round ratio (eager time / oneDNN time) of one layer on random rows of
+    ``shape``, the two kernels alternating; the eager side includes the GELU it fuses."""
+    packed = PackedLinear.from_linear(linear, act)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+    def timed(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        t0 = time.perf_counter()
+        fn(x)
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        for _ in range(2):
+            timed(packed._plain), timed(packed)
+        ratios = []
+        for i in range(rounds):
+            if i % 2:
+                fast = timed(packed)
+                ratios.append(timed(packed._plain) / fast)
+            else:
+                eager = timed(packed._plain)
+                ratios.append(eager / timed(packed))
+    return statistics.median(ratios)
+
+
+def _choose_linears(
+    model: nn.Module, example_input: torch.Tensor, mode: bool | str
+) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """The linear layers to run through oneDNN (name, fused activation), and what was timed."""
+    chosen, measured, speedups = [], [], {}
+    for name, act, shape in _linear_plan(model, example_input):
+        lin = model.get_submodule(name)
+        if mode == "auto":
+            key = (lin.in_features, lin.out_features, lin.bias is not None, act, shape)
+            if key not in speedups:
+                speedups[key] = _linear_speedup(lin, act, shape)
+                measured.append(
+                    {
+                        "in": key[0],
+                        "out": key[1],
+                        "act": act,
+                        "input_shape": list(shape),
+                        "speedup": round(speedups[key], 3),
+                    }
+                )
+            if speedups[key] < LINEAR_MIN_GAIN:
+                continue
+        chosen.append((name, act))
+    return chosen, measured
+
+
+def pack_linears(model: nn.Module, chosen: list[tuple[str, str]]) -> nn.Module:
+    """Replace each named ``nn.Linear`` by a ``PackedLinear`` sharing its parameters; a
+    fused GELU leaves its ``Mlp``'s ``act`` an ``nn.Identity``. In place; returns ``model``."""
+    for name, act in chosen:
+        _set_submodule(model, name, PackedLinear.from_linear(model.get_submodule(name), act))
+        if act != "none":
+            parent = name.rpartition(".")[0]
+            _set_submodule(model, f"{parent}.act" if parent else "act", nn.Identity())
+    return model
+
+
 def optimize(
     model: nn.Module,
     *,
@@ -280,9 +392,11 @@ def optimize(
     dtype: str | None = None,
     compile: bool = False,
     example_input: torch.Tensor | None = None,
+    onednn_linear: bool | str = "auto",
 ) -> nn.Module:
     """A copy of ``model`` for inference: reparameterized, BatchNorm folded, channels_last,
-    optionally bf16 and compiled, checked to give the original's outputs.
+    linear layers on oneDNN where faster, optionally bf16 and compiled, checked to give
+    the original's outputs.
 
     ``model`` itself is not changed. The copy is in eval mode with ``requires_grad=False``
     on every parameter and keeps its class and methods. ``example_input`` (default: a
@@ -305,6 +419,8 @@ def optimize(
     ]:
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if not (isinstance(onednn_linear, bool) or onednn_linear == "auto"):
+        raise ValueError(f"onednn_linear must be 'auto', True or False, got {onednn_linear!r}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     if device.type == "meta":
@@ -314,6 +430,13 @@ def optimize(
         ok, why = bf16_supported(device)
         if not ok:
             raise ValueError(f"dtype='bf16' refused: {why}")
+    linear_ok, linear_why = onednn_linear_available()
+    if device.type != "cpu":
+        linear_ok, linear_why = False, f"the model is on {device.type}, not the CPU"
+    elif target_dtype is not None:
+        linear_ok, linear_why = False, "the packed kernel is used in float32 only"
+    if onednn_linear is True and not linear_ok:
+        raise ValueError(f"onednn_linear=True refused: {linear_why}")
     if example_input is None:
         example_input = _default_input(model, device)
     if not isinstance(example_input, torch.Tensor):
@@ -373,6 +496,13 @@ def optimize(
             apply("fold_bn", lambda: fold_batchnorm(opt, pairs))
     if channels_last and sum(isinstance(m, nn.Conv2d) for m in opt.modules()) >= 2:
         apply("channels_last", lambda: _to_channels_last(opt))
+    if onednn_linear and linear_ok:
+        chosen, measured = _choose_linears(opt, example_input, onednn_linear)
+        report["onednn_linear"] = {"packed": [name for name, _ in chosen], "timed": measured}
+        if chosen:
+            apply("onednn_linear", lambda: pack_linears(opt, chosen))
+    elif onednn_linear:
+        report["onednn_linear"] = {"skipped": linear_why}
     if target_dtype is not None:
         rtol, atol = BF16_TOLERANCE
         apply("bf16", lambda: _to_dtype(opt, target_dtype))
