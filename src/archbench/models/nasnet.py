@@ -112,7 +112,7 @@ class _SepConvStack(nn.Sequential):
             nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False),
             nn.Conv2d(cin, cout, 1, bias=False),
             _bn(cout),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # on the BN's own output; the first ReLU reads a shared state
             nn.Conv2d(cout, cout, k, 1, k // 2, groups=cout, bias=False),
             nn.Conv2d(cout, cout, 1, bias=False),
             _bn(cout),
