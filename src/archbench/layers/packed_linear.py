@@ -38,6 +38,12 @@ def onednn_linear_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _check_act(act: str) -> str:
+    if act not in _ACTS:
+        raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+    return act
+
+
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` (same parameters, state dict and hooks) that runs float32 CPU
     inference through oneDNN with its weight packed once, optionally with GELU fused.
@@ -51,9 +57,7 @@ class PackedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act: str = "none"):
         super().__init__(in_features, out_features, bias=bias)
-        if act not in _ACTS:
-            raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
-        self.act = act
+        self.act = _check_act(act)
         self._packed: tuple[Any, torch.Tensor] | None = None
 
     @classmethod
@@ -66,9 +70,7 @@ class PackedLinear(nn.Linear):
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight
         new.bias = linear.bias
-        if act not in _ACTS:
-            raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
-        new.act = act
+        new.act = _check_act(act)
         new._packed = None
         new._forward_hooks.update(linear._forward_hooks)
         new._forward_pre_hooks.update(linear._forward_pre_hooks)
