@@ -5,7 +5,8 @@ For resnet50, convnext_tiny, vit_small_patch16_224 and mixer_b16_224 at 224x224,
 variant, model) runs in its own process (3 warm-up passes, then the median of ``--passes``
 timed passes) and rounds alternate the order of the variants, as
 ``/work/shared/peers/side_by_side.py`` does. Variants: archbench eager, archbench
-``optimize(model)`` (float32: BN folded, reparameterized, channels_last), ``optimize(...,
+``optimize(model)`` (float32: BN folded, reparameterized, channels_last, linear layers
+on oneDNN where timing says so, chosen at batch 8), ``optimize(...,
 dtype="bf16")`` where the CPU has native bfloat16, ``optimize(..., compile=True)`` with
 ``--compile`` (compile time excluded: it happens in the warm-up), and timm eager where the
 peers venv exists (``bash /work/shared/peers/setup.sh`` makes ``/tmp/peers-venv``; timm
