@@ -166,7 +166,7 @@ def test_fused_function_passes_gradcheck(name, opts, ref, wavelet):
     params = tuple(p.detach().clone().requires_grad_(True) for p in basis._fused_params(x.dtype))
     w = layer.weight.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda xx, ww, *pp: _KANLinearFunction.apply(xx, ww, basis, *pp), (x, w, *params)
+        lambda xx, ww, *pp: _KANLinearFunction.apply(xx, ww, None, basis, *pp), (x, w, *params)
     )
     assert torch.autograd.gradcheck(
         lambda xx, *pp: _FusedBasisFunction.apply(xx, basis, *pp), (x, *params)

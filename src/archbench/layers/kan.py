@@ -6,10 +6,16 @@ plus that basis's options, and computes, for each output ``o``,
 (*KAN: Kolmogorov-Arnold Networks*, Liu et al., 2024; ``b`` is the residual base
 function, SiLU by default, none for the KAT rational basis).
 
-Speed: a layer is one basis evaluation plus one matrix multiply (linear) or one ordinary
+Speed: a layer is one basis evaluation plus matrix multiplies (linear) or one ordinary
 convolution (convolutional), with the base branch as a second, small matmul/convolution
 (mathematically the base function is one more basis feature; ``full_weight`` and
-``pixel_features`` give that single-tensor view). A KAN convolution applies the KAN to every patch; because
+``pixel_features`` give that single-tensor view). ``KANLinear`` with a basis-major basis
+(every fused one: B-splines on a uniform grid, polynomials, RBF, RSWAF, wavelets,
+rational, selectable) stores its weight
+``(out, in, K)`` basis-major (strides ``(in, 1, out * in)``; the state dict holds it
+contiguous) and runs features, products and base branch in one autograd function, with
+a constant basis function kept out of the products (see ``_KANLinearFunction``).
+A KAN convolution applies the KAN to every patch; because
 each edge function depends on one input pixel only, the features of every input pixel
 are computed once, ``(B, C * (K + 1), H, W)``, and convolved with weights
 ``(out, C * (K + 1) / groups, k, k)`` -- equal to the KAN on every unfolded patch of the
@@ -76,38 +82,107 @@ def _features(basis: KANBasis, act, x: torch.Tensor) -> torch.Tensor:
 
 
 class _KANLinearFunction(torch.autograd.Function):
-    """``features(x) @ W^T`` for a basis with a fused path, as one autograd function.
+    """``features(x) @ W^T`` (plus a SiLU base branch) for a basis with a fused path.
 
-    The features go into one contiguous ``(M, in * K)`` buffer and one matrix multiply;
-    the backward computes the feature gradient ``grad @ W`` into a buffer of its own,
-    which the basis's hand-written backward then overwrites in place (no further
-    ``(M, in, K)`` allocations). Gives the same values and gradients as
-    ``F.linear(basis(x).flatten(-2), W.flatten(1))``.
+    ``apply(x, weight, base_weight, basis, *params)`` with ``x: (M, in)``; ``base_weight``
+    is None when there is no base branch (or the caller adds it).
+
+    A ``k_major`` basis writes its features basis-major into one ``(K, M, in)`` buffer
+    (every basis function a contiguous ``(M, in)`` slab, so the element-wise work runs on
+    contiguous memory), and the layer keeps its weight ``(out, in, K)`` stored
+    basis-major as well (strides ``(in, 1, out * in)``: ``K`` contiguous ``(out, in)``
+    blocks). The layer is then a sum of ``K`` matrix multiplies of the shapes of an
+    ordinary linear layer, read in place; backward runs them batched (much faster than
+    one long ``(M, out) @ (out, K * in)`` product). A constant basis function in slot 0
+    (``basis.constant_index``, p_0 = 1 of the polynomials) stays out of the products:
+    its contribution ``sum_i W[o, i, 0]`` is a per-output shift and its weight gradient
+    the batch sum of the output gradient, the same for every input. The SiLU base branch
+    is one more product accumulated into the output.
+
+    Other bases use their ``(M, in, K)`` features and one matrix multiply. The feature
+    gradient goes into a reused workspace that the basis's backward may overwrite.
+    Same values and gradients as ``basis(x) . W + silu(x) @ base_weight^T``.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, basis, *params):  # type: ignore[override]
-        feats, saved = basis._fused_forward(x, params, True)
-        flat = feats.view(x.shape[0], -1)
-        w = weight.reshape(weight.shape[0], -1)
+    def forward(ctx, x, weight, base_weight, basis, *params):  # type: ignore[override]
+        n_out, n_in, k = weight.shape
         ctx.basis = basis
-        ctx.save_for_backward(flat, weight, *saved)
-        return flat @ w.t()
+        ctx.k_major = basis.k_major
+        act = F.silu(x) if base_weight is not None else None
+        lo = 0
+        if not basis.k_major:
+            feats, saved = basis._fused_forward(x, params, True)
+            feats = feats.view(x.shape[0], -1)
+            w_k = weight.reshape(n_out, -1)
+            y = feats @ w_k.t()
+        else:
+            lo = 1 if basis.constant_index == 0 else 0
+            feats = x.new_empty(k, x.shape[0], n_in)
+            kw = {"fill_constant": False} if lo else {}
+            _, saved = basis._fused_forward(x, params, True, out=feats, **kw)
+            w_k = _basis_major(weight)
+            if lo:
+                y = torch.addmm(w_k[0].sum(1), feats[1], w_k[1].t())
+            else:
+                y = feats[0] @ w_k[0].t()
+            for j in range(lo + 1, k):
+                y.addmm_(feats[j], w_k[j].t())
+        ctx.lo = lo
+        if act is not None:
+            y.addmm_(act, base_weight.t())
+        ctx.save_for_backward(x, act, base_weight, feats, w_k, *saved)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        flat, weight, *saved = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[:2]
-        need_params = ctx.needs_input_grad[3:]
-        w = weight.reshape(weight.shape[0], -1)
-        grad_w = (grad.t() @ flat).view(weight.shape) if need_w else None
+        x, act, base_weight, feats, w_k, *saved = ctx.saved_tensors
+        need_x, need_w, need_base = ctx.needs_input_grad[:3]
+        need_params = ctx.needs_input_grad[4:]
+        basis, lo = ctx.basis, ctx.lo
+        grad_w = grad_base = None
+        if need_base:
+            grad_base = grad.t() @ act
+        if need_w:
+            if not ctx.k_major:
+                grad_w = (grad.t() @ feats).view(-1, basis.in_features, basis.n_basis)
+            else:
+                gw = torch.empty_like(w_k)
+                k = gw.shape[0] - lo
+                torch.bmm(grad.t().expand(k, -1, -1), feats[lo:], out=gw[lo:])
+                if lo:  # d y_o / d W[o, i, 0] = 1 for every input i
+                    gw[0] = grad.sum(0).unsqueeze(1)
+                grad_w = gw.permute(1, 2, 0)
         grads: tuple = (None,) * (1 + len(need_params))
         if need_x or any(need_params):
-            grad_feats = torch.mm(grad, w, out=_workspace(flat.shape, flat.dtype, flat.device))
-            grad_feats = grad_feats.view(flat.shape[0], weight.shape[1], weight.shape[2])
-            grads = ctx.basis._fused_backward(grad_feats, tuple(saved), need_x, need_params, True)
-        return (grads[0], grad_w, None, *grads[1:])
+            ws = _workspace(feats.shape, feats.dtype, feats.device)
+            if not ctx.k_major:
+                torch.mm(grad, w_k, out=ws)
+                gf = ws.view(feats.shape[0], basis.in_features, basis.n_basis)
+                grads = basis._fused_backward(gf, tuple(saved), need_x, need_params, True)
+            else:  # slot 0 of the constant stays undefined: its basis ignores it
+                k = ws.shape[0] - lo
+                torch.bmm(grad.expand(k, -1, -1), w_k[lo:], out=ws[lo:])
+                grads = basis._fused_backward(ws, tuple(saved), need_x, need_params, True, True)
+            if act is not None and need_x:
+                base_gx = torch.ops.aten.silu_backward(grad @ base_weight, x)
+                gx = grads[0]
+                grads = (base_gx if gx is None else gx.add_(base_gx), *grads[1:])
+        return (grads[0], grad_w, grad_base, None, *grads[1:])
+
+
+def _basis_major(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in, K) -> (K, out, in) contiguous: a view of a basis-major weight, else a copy."""
+    w = weight.permute(2, 0, 1)
+    return w if w.is_contiguous() else w.contiguous()
+
+
+def _new_weight(n_out: int, n_in: int, k: int, k_major: bool, **kw: Any) -> torch.Tensor:
+    """An uninitialised ``(out, in, K)`` weight, stored basis-major when ``k_major``."""
+    if k_major:
+        return torch.empty(k, n_out, n_in, **kw).permute(1, 2, 0)
+    return torch.empty(n_out, n_in, k, **kw)
 
 
 _WORKSPACE = threading.local()
@@ -164,7 +239,9 @@ class KANLinear(nn.Module):
         self.basis = create_basis(basis, in_features, **basis_opts)
         self.base_act_name, self._act = _base_act(base_act, self.basis)
         k = self.basis.n_basis
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, k))
+        # stored basis-major for a basis that computes its features that way (see
+        # _KANLinearFunction); the shape, and so the state dict, is (out, in, K) either way
+        self.weight = nn.Parameter(_new_weight(out_features, in_features, k, self.basis.k_major))
         self.base_weight = (
             nn.Parameter(torch.empty(out_features, in_features)) if self._act is not None else None
         )
@@ -188,6 +265,11 @@ class KANLinear(nn.Module):
             return self.weight
         return torch.cat([self.weight, self.base_weight.unsqueeze(-1)], dim=-1)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not keep_vars:  # a basis-major weight is saved contiguous (safetensors needs it)
+            destination[prefix + "weight"] = destination[prefix + "weight"].contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.track_activations:
             feats = _features(self.basis, self._act, x)
@@ -195,18 +277,25 @@ class KANLinear(nn.Module):
             phi = torch.einsum("...ik,oik->...oi", feats, w)
             self.edge_l1 = phi.abs().reshape(-1, self.out_features, self.in_features).mean(0)
             return F.linear(feats.flatten(-2), w.flatten(1), self.bias)
-        # the base branch as its own matmul: cheaper than appending it to the features
+        base_done = False
         if _use_fused(self.basis, x, self.weight):
             self.basis._check(x)
             params = self.basis._fused_params(x.dtype)
+            # a SiLU base branch joins the fused function (no separate autograd nodes)
+            merge = self.base_act_name == "silu"
             y = _KANLinearFunction.apply(
-                x.reshape(-1, self.in_features), self.weight, self.basis, *params
+                x.reshape(-1, self.in_features),
+                self.weight,
+                self.base_weight if merge else None,
+                self.basis,
+                *params,
             ).view(*x.shape[:-1], self.out_features)
+            base_done = merge
             if self.bias is not None:
                 y = y + self.bias
         else:
             y = F.linear(self.basis(x).flatten(-2), self.weight.flatten(1), self.bias)
-        if self._act is not None:
+        if self._act is not None and not base_done:
             y = y + F.linear(self._act(x), self.base_weight)
         return y
 
@@ -232,7 +321,14 @@ class KANLinear(nn.Module):
         basis.set_grid(new_grid)
         design = basis(x).transpose(0, 1)  # (in, n, K')
         sol = torch.linalg.lstsq(design.double(), target.double()).solution  # (in, K', out)
-        self.weight = nn.Parameter(sol.permute(2, 0, 1).to(self.weight.dtype).contiguous())
+        w = _new_weight(
+            *self.weight.shape[:2],
+            sol.shape[1],
+            basis.k_major,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        self.weight = nn.Parameter(w.copy_(sol.permute(2, 0, 1)))
 
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor, grid_eps: float = 0.02) -> None:

@@ -80,11 +80,19 @@ class KANBasis(nn.Module):
     ``_fused_params(dtype)``. ``KANLinear`` runs it inside its own autograd function,
     together with the matrix multiply, so the features are computed into one buffer and
     the feature gradient is reused in place.
+
+    Basis-major variant: a basis with ``k_major`` true also takes ``out``, a contiguous
+    ``(n_basis, M, in)`` buffer to fill (every basis function one contiguous slab), and
+    then gets its gradient in that layout (``_fused_backward(..., k_major=True)``).
+    A basis whose ``constant_index`` is not None takes ``fill_constant=False`` to leave
+    that slot unwritten, and ignores the gradient in it.
     """
 
     in_features: int
     n_basis: int
     init_std: float = 0.1
+    # the fused path also writes basis-major features into a given buffer (see below)
+    k_major: bool = False
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:
@@ -96,6 +104,16 @@ class KANBasis(nn.Module):
     @property
     def fused(self) -> bool:
         return False
+
+    @property
+    def constant_index(self) -> int | None:
+        """The index of a basis function that is identically 1, if there is one.
+
+        Its fused forward then takes ``fill_constant=False`` to leave that slot unwritten:
+        ``KANLinear`` puts its base feature there and adds the constant's contribution
+        as a per-output shift instead of a matrix column.
+        """
+        return None
 
     def _fused_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         return ()
@@ -353,9 +371,13 @@ class BSplineBasis(KANBasis):
             return bspline_features(x, self.grid.to(x.dtype), self.spline_order)
         return self._fused_apply(x)
 
-    def _fused_forward(self, x, params, need_grad):
+    k_major = True
+
+    def _fused_forward(self, x, params, need_grad, out=None):
         # uniform grid: only the order + 1 non-zero B-splines of each input are evaluated
         # (on x-shaped tensors, closed form for cubics) and scattered into the features
+        if out is not None:
+            return self._fused_forward_k_major(x, need_grad, out)
         k, n = self.spline_order, self.n_basis
         grid = self.grid.to(x.dtype)
         inv_h = 1.0 / (grid[:, k + 1] - grid[:, k])
@@ -376,12 +398,40 @@ class BSplineBasis(KANBasis):
         feats = x.new_zeros(*x.shape, n).scatter_(-1, index, vals)
         return feats, ((index, valid, t, inv_h) if need_grad else ())
 
-    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+    def _fused_forward_k_major(self, x, need_grad, out):
+        # basis-major (K, M, in): the local values (k + 1, M, in) go in by one scatter on
+        # the flat buffer (flat index = basis * M * in + position; a scatter along the
+        # outer axis is much slower)
+        k, n = self.spline_order, self.n_basis
+        grid = self.grid.to(x.dtype)
+        inv_h = 1.0 / (grid[:, k + 1] - grid[:, k])
+        u = (x - grid[:, k]) * inv_h
+        first = torch.floor(u).clamp_(-(k + 1), n)
+        t = u.sub_(first)
+        vals = x.new_empty(k + 1, *x.shape)
+        _local_values_into(t, k, vals.permute(1, 2, 0))
+        pos = first.unsqueeze(0) + torch.arange(k + 1, dtype=x.dtype, device=x.device).view(
+            -1, 1, 1
+        )
+        inside = pos.clamp(0, n - 1)
+        side = pos.clamp(-1, n).sub_(inside)
+        valid = inside.eq_(pos)
+        vals.mul_(valid)
+        index = pos.sub_(side.mul_(k + 1)).long()
+        index.mul_(x.numel()).add_(torch.arange(x.numel(), device=x.device).view(x.shape))
+        out.zero_().view(-1).scatter_(0, index.view(-1), vals.view(-1))
+        return out, ((index, valid, t, inv_h) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
         k = self.spline_order
         if k == 0 or not need_x:  # order-0 splines are piecewise constant
             return (None,)
         index, valid, t, inv_h = saved
-        g = grad.gather(-1, index).mul_(valid)  # (M, in, k + 1)
+        if k_major:  # flat indices into the (K, M, in) gradient
+            g = grad.reshape(-1).gather(0, index.view(-1)).view(index.shape).mul_(valid)
+            g = g.permute(1, 2, 0)
+        else:
+            g = grad.gather(-1, index).mul_(valid)  # (M, in, k + 1)
         d = _local_derivatives(t, k)
         dx = g[..., 0] * d[0]
         for i in range(1, k + 1):
@@ -467,26 +517,35 @@ class RBFBasis(KANBasis):
         t = (x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width
         return torch.exp(-t.square())
 
-    def _scaled_offsets(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - c_k) / h into a new contiguous (..., in, K) buffer."""
-        t = x.new_empty(*x.shape, self.n_basis)
-        torch.sub(x.unsqueeze(-1), self.centres.to(x.dtype), out=t)
-        return t.mul_(self.inv_width)
+    k_major = True
 
-    def _fused_forward(self, x, params, need_grad):
-        # exp(-t^2), every step in place on the one feature buffer
-        f = self._scaled_offsets(x).square_().neg_().exp_()
+    def _offsets(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """x - c_k into the basis-major ``out`` (K, M, in) or a new (M, in, K) buffer."""
+        c = self.centres.to(x.dtype)
+        if out is None:
+            return torch.sub(x.unsqueeze(-1), c)
+        return torch.sub(x.unsqueeze(0), c.view(-1, 1, 1), out=out)
+
+    def _fused_forward(self, x, params, need_grad, out=None):
+        # exp(-(x - c)^2 / h^2), every step in place on the one feature buffer
+        t = self._offsets(x, out)
+        f = torch.addcmul(t.new_zeros(()), t, t, value=-(self.inv_width**2), out=t).exp_()
         return f, ((x, f) if need_grad else ())
 
-    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
         # dF_k/dx = -2 / h^2 (x - c_k) F_k, so dx = -2 / h^2 (x sum_k gF_k - sum_k gF_k c_k)
         if not need_x:
             return (None,)
         x, f = saved
         h = grad.mul_(f) if owned else grad * f
-        h2 = h.view(-1, self.n_basis)
-        total = torch.mv(h2, h.new_ones(self.n_basis)).view_as(x)
-        moment = torch.mv(h2, self.centres.to(h.dtype)).view_as(x)
+        c = self.centres.to(h.dtype)
+        if k_major:  # both sums in one pass: (2, K) @ (K, M * in)
+            sums = torch.stack([torch.ones_like(c), c]) @ h.view(self.n_basis, -1)
+            total, moment = sums[0].view_as(x), sums[1].view_as(x)
+        else:
+            h2 = h.view(-1, self.n_basis)
+            total = torch.mv(h2, torch.ones_like(c)).view_as(x)
+            moment = torch.mv(h2, c).view_as(x)
         return (torch.addcmul(moment, x, total, value=-1).mul_(2 * self.inv_width**2),)
 
 
@@ -502,59 +561,112 @@ class RSWAFBasis(RBFBasis):
         t = (x.unsqueeze(-1) - self.centres.to(x.dtype)) * self.inv_width
         return 1 - torch.tanh(t).square()
 
-    def _fused_forward(self, x, params, need_grad):
-        tanh = self._scaled_offsets(x).mul_(2).sigmoid_().mul_(2).sub_(1)
-        f = torch.addcmul(tanh.new_ones(()), tanh, tanh, value=-1)  # 1 - tanh^2
+    def _fused_forward(self, x, params, need_grad, out=None):
+        # tanh(t) = 2 sigmoid(2 t) - 1 with t = (x - c_k) / h (doubling is exact)
+        tanh = self._offsets(x, None if out is None else torch.empty_like(out))
+        tanh.mul_(2 * self.inv_width).sigmoid_().mul_(2).sub_(1)
+        one = tanh.new_ones(())
+        if out is None:
+            f = torch.addcmul(one, tanh, tanh, value=-1)  # 1 - tanh^2
+        else:
+            f = torch.addcmul(one, tanh, tanh, value=-1, out=out)
         return f, ((tanh, f) if need_grad else ())
 
-    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
         # dF/dx = -2 tanh(t) F / h
         if not need_x:
             return (None,)
         tanh, f = saved
         h = grad.mul_(f) if owned else grad * f
-        return (_row_sums(h.mul_(tanh)).mul_(-2 * self.inv_width),)
+        h = h.mul_(tanh)
+        total = h.sum(0) if k_major else _row_sums(h)
+        return (total.mul_(-2 * self.inv_width),)
 
 
 # ----- orthogonal polynomials -----------------------------------------------------------
 
 
-def _poly_forward(x, coefs, n_basis: int, squash: bool, need_grad: bool):
-    """Three-term-recurrence polynomial features (M, in, K) and their derivatives.
+def _tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """tanh(x) as 2 sigmoid(2x) - 1: the same function, and sigmoid is the cheaper CPU
+    kernel in float32 (float64 keeps torch.tanh)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return torch.tanh(x, out=out) if out is not None else torch.tanh(x)
+    return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
 
-    With p_0 = 1, p_1 = A_0 t + B_0 and p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}, the
-    derivatives follow the differentiated recurrence d_0 = 0, d_1 = A_0,
-    d_{n+1} = A_n p_n + (A_n t + B_n) d_n - C_n d_{n-1}. They are computed on contiguous
-    x-shaped tensors (all times 1 - tanh(x)^2 under the tanh squash, which is linear in
-    the recurrence, so it enters through d_1 and the A_n p_n terms) and kept, so the
-    backward is one multiply-add per degree: dx = sum_n grad_n d_n.
+
+def _poly_forward(x, coefs, n_basis: int, squash: bool, fill_constant: bool, out=None):
+    """Three-term-recurrence polynomial features and t = squash(x).
+
+    With p_0 = 1, p_1 = A_0 t + B_0 and p_{n+1} = (A_n t + B_n) p_n - C_n p_{n-1}, every
+    degree is written straight into its slot of one buffer: ``(M, in, K)`` of its own, or
+    the basis-major ``out`` ``(K, M, in)``. The slot of p_0 is left unwritten when
+    ``fill_constant`` is false (a layer puts its base feature there). The backward
+    recomputes the derivatives from t and the stored p_n.
     """
-    t = torch.tanh(x) if squash else x
-    out = t.new_empty(*t.shape, n_basis)
-    out[..., 0] = 1.0
+    dim = 0 if out is not None else -1
+    if out is None:
+        out = x.new_empty(*x.shape, n_basis)
+    feats = out.narrow(dim, 0, n_basis)
+    if fill_constant:
+        feats.select(dim, 0).fill_(1.0)
     a0, b0, _ = coefs[0]
-    # the recurrence runs on contiguous x-shaped tensors; each degree is written once
-    p_prev, p = torch.ones_like(t), torch.add(t * a0, b0)
-    out[..., 1] = p
-    dt = 1 - t * t if squash and need_grad else None
-    # d_1 = A_0 is constant: fold the squash derivative into it at once
-    derivs = []
-    if need_grad:
-        derivs.append(dt * a0 if squash else torch.full_like(t, a0))
+    p1 = feats.select(dim, 1)
+    if a0 == 1.0 and b0 == 0.0 and dim == 0:  # p_1 = t: squash straight into its slab
+        t = _tanh(x, out=p1) if squash else p1.copy_(x)
+    elif a0 == 1.0 and b0 == 0.0:  # strided slot: squash contiguously, then copy
+        t = _tanh(x) if squash else x
+        p1.copy_(t)
+    else:
+        t = _tanh(x) if squash else x
+        torch.mul(t, a0, out=p1)
+        if b0:
+            p1.add_(b0)
     for n in range(1, n_basis - 1):
         a, b, c = coefs[n]
-        lin = t * a + b if b else t * a
-        if need_grad:
-            # d/dx of p_{n+1}: the squash factor enters the first term only, the others
-            # (derivs) carry it already
-            d = p * dt * a if squash else p * a
-            d = d.addcmul_(lin, derivs[-1])
-            if n > 1:
-                d = d.sub_(derivs[-2], alpha=c)
-            derivs.append(d)
-        p_prev, p = p, torch.sub(lin.mul_(p), p_prev, alpha=c)
-        out[..., n + 1] = p
-    return out, tuple(derivs)
+        nxt, cur = feats.select(dim, n + 1), feats.select(dim, n)
+        if n == 1:  # p_0 = 1: (A t + B) p_1 - C
+            torch.addcmul(t.new_tensor(-c), t, cur, value=a, out=nxt)
+        else:
+            torch.mul(feats.select(dim, n - 1), -c, out=nxt).addcmul_(t, cur, value=a)
+        if b:
+            nxt.add_(cur, alpha=b)
+    return feats, t
+
+
+def _poly_input_grad(grad, t, feats, coefs, squash: bool, dim: int) -> torch.Tensor:
+    """sum_n grad_n dp_n/dx from the differentiated recurrence on t (basis axis ``dim``).
+
+    q_n = dp_n/dt: q_0 = 0, q_1 = A_0, q_{n+1} = A_n p_n + (A_n t + B_n) q_n - C_n q_{n-1};
+    under the tanh squash the sum is multiplied once by dt/dx = 1 - t^2.
+    """
+    k = grad.shape[dim]
+    a0, b0, _ = coefs[0]
+    g1 = grad.select(dim, 1)
+    s = g1 if a0 == 1.0 and k > 2 else torch.mul(g1, a0)  # s is new once k > 2
+    if k > 2:
+        a1, b1, _ = coefs[1]
+        # q_2 = A_1 p_1 + (A_1 t + B_1) A_0 = 2 A_0 A_1 t + A_1 B_0 + A_0 B_1
+        q_prev, q = None, torch.mul(t, 2.0 * a0 * a1)
+        if a1 * b0 + a0 * b1:
+            q.add_(a1 * b0 + a0 * b1)
+        s = torch.addcmul(s, grad.select(dim, 2), q)
+        for n in range(2, k - 1):
+            a, b, c = coefs[n]
+            # A_n (p_n + t q_n + (B_n q_n - C_n q_{n-1}) / A_n)
+            nq = torch.addcmul(feats.select(dim, n), t, q)
+            if b:
+                nq.add_(q, alpha=b / a)
+            if q_prev is None:  # q_1 = A_0
+                nq.sub_(c * a0 / a)
+            else:
+                nq.sub_(q_prev, alpha=c / a)
+            if a != 1.0:
+                nq.mul_(a)
+            q_prev, q = q, nq
+            s.addcmul_(grad.select(dim, n + 1), q)
+    if squash:
+        s.mul_(torch.addcmul(t.new_ones(()), t, t, value=-1))
+    return s
 
 
 class _PolynomialBasis(KANBasis):
@@ -563,6 +675,8 @@ class _PolynomialBasis(KANBasis):
     ``squash="tanh"`` maps inputs into (-1, 1) as ChebyKAN and KAGN do; ``None`` uses
     ``x`` as it is (for inputs already in range, or for Hermite).
     """
+
+    k_major = True
 
     def __init__(self, in_features: int, degree: int = 3, squash: str | None = "tanh") -> None:
         super().__init__()
@@ -589,17 +703,22 @@ class _PolynomialBasis(KANBasis):
     def fused(self) -> bool:
         return self.n_basis > 1 and self.recurrence() is not None
 
-    def _fused_forward(self, x, params, need_grad):
-        coefs = self.recurrence()
-        return _poly_forward(x, coefs, self.n_basis, self.squash == "tanh", need_grad)
+    @property
+    def constant_index(self) -> int | None:
+        return 0  # p_0 = 1
 
-    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+    def _fused_forward(self, x, params, need_grad, out=None, fill_constant=True):
+        coefs = self.recurrence()
+        squash = self.squash == "tanh"
+        feats, t = _poly_forward(x, coefs, self.n_basis, squash, fill_constant, out)
+        return feats, ((t, feats) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
         if not need_x:
             return (None,)
-        gx = grad[..., 1] * saved[0]
-        for n in range(2, grad.shape[-1]):
-            gx.addcmul_(grad[..., n], saved[n - 1])
-        return (gx,)
+        t, feats = saved
+        dim = 0 if k_major else -1
+        return (_poly_input_grad(grad, t, feats, self.recurrence(), self.squash == "tanh", dim),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -801,9 +920,12 @@ class _WaveletBasis(KANBasis):
     def dpsi(t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _psi_inplace(self, t: torch.Tensor, need_grad: bool):
-        """(psi(t), psi'(t) or None) from a buffer t that stays unchanged; new buffers only."""
+    def _psi_inplace(self, t: torch.Tensor, need_grad: bool, out: torch.Tensor | None = None):
+        """(psi(t), psi'(t) or None) from a buffer t that stays unchanged: psi goes into
+        ``out`` when given, everything else into new buffers."""
         raise NotImplementedError
+
+    k_major = True
 
     @property
     def fused(self) -> bool:
@@ -812,21 +934,31 @@ class _WaveletBasis(KANBasis):
     def _fused_params(self, dtype):
         return self.centres.to(dtype), self.log_scale.to(dtype)
 
-    def _fused_forward(self, x, params, need_grad):
+    def _fused_forward(self, x, params, need_grad, out=None):
         c, ls = params
         inv_s = torch.exp(-ls)
-        t = x.new_empty(*x.shape, self.n_basis)
-        torch.sub(x.unsqueeze(-1), c, out=t).mul_(inv_s)
-        psi, dpsi = self._psi_inplace(t, need_grad)
+        if out is None:
+            t = x.new_empty(*x.shape, self.n_basis)
+            torch.sub(x.unsqueeze(-1), c, out=t).mul_(inv_s)
+        else:  # basis-major (K, M, in): the (in, K) parameters broadcast as (K, 1, in)
+            inv_s = inv_s.t().contiguous().unsqueeze(1)
+            t = torch.empty_like(out)
+            torch.sub(x.unsqueeze(0), c.t().contiguous().unsqueeze(1), out=t).mul_(inv_s)
+        psi, dpsi = self._psi_inplace(t, need_grad, out)
         # psi'(t) shares its costly factors with psi(t): keep it rather than recompute
         return psi, ((t, dpsi, inv_s) if need_grad else ())
 
-    def _fused_backward(self, grad, saved, need_x, need_params, owned):
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
         # with h = grad psi'(t): dx = sum_k h / s, dc = -sum_batch h / s,
         # dlog s = -sum_batch h t
         t, dpsi, inv_s = saved
         h = grad.mul_(dpsi) if owned else grad * dpsi
         hs = h.mul_(inv_s)  # h / s
+        if k_major:  # (K, M, in): sum over the basis axis 0, over the batch axis 1
+            grad_x = hs.sum(0) if need_x else None
+            grad_c = -hs.sum(1).t() if need_params[0] else None
+            grad_ls = hs.mul_(t).sum(1).div_(-inv_s.squeeze(1)).t() if need_params[1] else None
+            return grad_x, grad_c, grad_ls
         grad_x = _row_sums(hs) if need_x else None
         grad_c = -hs.sum(0) if need_params[0] else None
         grad_ls = hs.mul_(t).sum(0).div_(-inv_s) if need_params[1] else None
@@ -856,14 +988,16 @@ class MexicanHatBasis(_WaveletBasis):
         t2 = t.square()
         return c * t * (t2 - 3) * torch.exp(-0.5 * t2)
 
-    def _psi_inplace(self, t, need_grad):
+    def _psi_inplace(self, t, need_grad, out=None):
         q = t * t
-        # C exp(-t^2 / 2) as one exponential: exp(log C - t^2 / 2)
-        ce = q.mul(-0.5).add_(math.log(2.0 / (math.sqrt(3.0) * math.pi**0.25))).exp_()
-        if not need_grad:
-            return torch.addcmul(ce, q, ce, value=-1), None  # (1 - t^2) C exp(-t^2 / 2)
+        # C exp(-t^2 / 2) as one exponential: exp(log C - t^2 / 2), in the output buffer
+        log_c = math.log(2.0 / (math.sqrt(3.0) * math.pi**0.25))
+        ce = torch.mul(q, -0.5, out=out).add_(log_c).exp_()
+        if not need_grad:  # (1 - t^2) C exp(-t^2 / 2)
+            return ce.addcmul_(q, ce, value=-1), None
         a = q.sub_(3).mul_(ce)  # (t^2 - 3) C exp(-t^2 / 2)
-        psi = ce.mul_(-2).sub_(a)  # (1 - t^2) C exp(-t^2 / 2)
+        # (1 - t^2) C exp(-t^2 / 2) = -(2 C exp(-t^2 / 2) + a)
+        psi = ce.mul_(2).add_(a).neg_()
         return psi, a.mul_(t)  # C t (t^2 - 3) exp(-t^2 / 2)
 
 
@@ -883,10 +1017,10 @@ class MorletBasis(_WaveletBasis):
         wt = w * t
         return -(w * torch.sin(wt) + t * torch.cos(wt)) * torch.exp(-0.5 * t.square())
 
-    def _psi_inplace(self, t, need_grad):
+    def _psi_inplace(self, t, need_grad, out=None):
         e = torch.mul(t, t).mul_(-0.5).exp_()
         wt = t * self.omega0
-        psi = torch.cos(wt).mul_(e)
+        psi = (torch.cos(wt) if out is None else torch.cos(wt, out=out)).mul_(e)
         if not need_grad:
             return psi, None
         # -(omega0 sin(omega0 t) + t cos(omega0 t)) exp(-t^2 / 2)
@@ -899,6 +1033,17 @@ def _horner(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     out = coef[:, -1:].expand_as(x)
     for i in range(coef.shape[1] - 2, -1, -1):
         out = torch.addcmul(coef[:, i : i + 1], out, x)
+    return out
+
+
+def _horner_into(x: torch.Tensor, coef: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``_horner`` with every step written into ``out`` (one buffer, no temporaries)."""
+    n = coef.shape[1]
+    if n == 1:
+        return out.copy_(coef.expand_as(x))
+    torch.addcmul(coef[:, n - 2 : n - 1], x, coef[:, n - 1 :], out=out)
+    for i in range(n - 3, -1, -1):
+        torch.addcmul(coef[:, i : i + 1], out, x, out=out)
     return out
 
 
@@ -1028,6 +1173,63 @@ class GroupRationalBasis(KANBasis):
         self.second_moment = m2
         self.init_std = 1.0 / math.sqrt(m2)
 
+    k_major = True
+
+    @property
+    def fused(self) -> bool:
+        return self.numerator.shape[0] == 1  # one numerator shared by all groups
+
+    def _fused_params(self, dtype):
+        return self.numerator.to(dtype), self.denominator.to(dtype)
+
+    def _fused_forward(self, x, params, need_grad, out=None):
+        # F = P(x) / D(x), written into ``out`` (1, M, in) or a new (M, in, 1) buffer; every
+        # step in place on as few (M, in) buffers as possible (they dominate the cost)
+        a, b = params
+        xg = x.reshape(x.shape[0], self.num_groups, -1)
+        ax = xg.abs()
+        p = _horner_into(xg, a, torch.empty_like(xg))
+        d = _horner_into(ax, b.abs(), torch.empty_like(xg))
+        d = torch.addcmul(ax.new_ones(()), d, ax, out=d)  # 1 + |x| H(|x|)
+        f = torch.div(p, d, out=None if out is None else out.view_as(p))
+        f = f.view(*x.shape, 1) if out is None else out
+        return f, ((xg, ax, p, d, f, a, b) if need_grad else ())
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
+        # as _RationalFunction: dF/dP = 1 / D, dF/dD = -P / D^2, D' = sign(x) sum_j j |b_j|
+        # |x|^(j-1); coefficient gradients reduced over the elements sharing them
+        xg, ax, p, d, f, a, b = saved
+        t = torch.div(grad.reshape(xg.shape), d)  # grad / D
+        u = torch.mul(t, f.reshape(xg.shape)).neg_()  # -grad P / D^2
+        grad_x = grad_a = grad_b = None
+        work = torch.empty_like(xg)
+        if need_x:
+            ia = torch.arange(1, a.shape[1], dtype=a.dtype, device=a.device)
+            ib = torch.arange(1, b.shape[1] + 1, dtype=b.dtype, device=b.device)
+            if a.shape[1] > 1:
+                grad_x = _horner_into(xg, a[:, 1:] * ia, torch.empty_like(xg)).mul_(t)
+            else:
+                grad_x = torch.zeros_like(xg)
+            dd = _horner_into(ax, b.abs() * ib, work).mul_(torch.sign(xg))
+            grad_x = grad_x.addcmul_(u, dd).view(xg.shape[0], -1)
+        if need_params[0]:  # the shared numerator: sums over every element
+            tf, cols = t.reshape(-1), [t.sum()]
+            if a.shape[1] > 1:
+                xp = work.copy_(xg).view(-1)
+                xf = xg.reshape(-1)
+                for i in range(1, a.shape[1]):
+                    cols.append(torch.dot(tf, xp))
+                    if i + 1 < a.shape[1]:
+                        xp.mul_(xf)
+            grad_a = torch.stack(cols).view(a.shape)
+        if need_params[1]:  # one denominator per group: sums over batch and group members
+            v, cols = u, []
+            for j in range(b.shape[1]):
+                v = torch.mul(u, ax, out=work) if j == 0 else v.mul_(ax)  # -grad P|x|^j/D^2
+                cols.append(v.sum((0, 2)))
+            grad_b = torch.stack(cols, -1) * torch.sign(b)
+        return grad_x, grad_a, grad_b
+
     def rational(self, x: torch.Tensor) -> torch.Tensor:
         """F applied elementwise: (..., in) -> (..., in)."""
         self._check(x)
@@ -1124,6 +1326,97 @@ class SelectableBasis(KANBasis):
         self.selection.copy_(sel)
         self.logits.requires_grad_(False)
         return sel, kept
+
+    # ----- fused path: every candidate fused; features basis-major ---------------------
+    k_major = True
+
+    @property
+    def fused(self) -> bool:
+        return all(b.fused for b in self.candidates)
+
+    def _fused_params(self, dtype):
+        out = [self.logits.to(dtype)]
+        for b in self.candidates:
+            out += b._fused_params(dtype)
+        return tuple(out)
+
+    def _split_params(self, params):
+        chunks, i = [], 1
+        for b in self.candidates:
+            n = len(b._fused_params(params[0].dtype))
+            chunks.append(tuple(params[i : i + n]))
+            i += n
+        return params[0], chunks
+
+    def _kept(self, j: int) -> bool:
+        return not self.is_selected or bool((self.selection == j).any())
+
+    def _fused_forward(self, x, params, need_grad, out=None):
+        # each candidate's features F_j (K_j, M, in) scaled by its selection weight w[:, j]
+        # into its block of the buffer; F_j itself is kept for the backward
+        logits, chunks = self._split_params(params)
+        if self.is_selected:
+            w = F.one_hot(self.selection, len(self.candidates)).to(x.dtype)
+        else:
+            w = torch.softmax(logits / self.temperature, dim=-1)
+        buf = x.new_empty(self.n_basis, *x.shape) if out is None else out
+        saved: list[torch.Tensor] = [w]
+        counts = []
+        for j, (b, sl) in enumerate(zip(self.candidates, self.block_slices())):
+            if not self._kept(j):  # pruned everywhere: zero features, nothing to compute
+                buf[sl].zero_()
+                counts.append(0)
+                continue
+            if b.k_major:
+                f = x.new_empty(b.n_basis, *x.shape)
+                _, sv = b._fused_forward(x, chunks[j], need_grad, out=f)
+            else:
+                f, sv = b._fused_forward(x, chunks[j], need_grad)
+                f = f.permute(2, 0, 1)  # (K_j, M, in) view of its (M, in, K_j) features
+            torch.mul(f, w[:, j], out=buf[sl])
+            saved += [f, *sv]
+            counts.append(1 + len(sv))
+        feats = buf if out is not None else buf.permute(1, 2, 0).contiguous()
+        if not need_grad:
+            return feats, ()
+        return feats, (*saved, torch.tensor(counts))
+
+    def _fused_backward(self, grad, saved, need_x, need_params, owned, k_major=False):
+        if not k_major:  # (M, in, K) -> a (K, M, in) view
+            grad = grad.permute(2, 0, 1)
+        w, *rest = saved[:-1]
+        counts = saved[-1].tolist()
+        n_cand = len(self.candidates)
+        sums = w.new_zeros(w.shape) if need_params[0] else None  # sum_{k, m} grad F_jk
+        grad_x = None
+        param_grads: list[torch.Tensor | None] = []
+        pos, flag = 0, 1
+        for j, (b, sl) in enumerate(zip(self.candidates, self.block_slices())):
+            n_p = len(b._fused_params(w.dtype))
+            need_p = tuple(need_params[flag : flag + n_p])
+            flag += n_p
+            if counts[j] == 0:
+                param_grads += [None] * n_p
+                continue
+            f, sv = rest[pos], tuple(rest[pos + 1 : pos + counts[j]])
+            pos += counts[j]
+            g = grad[sl]
+            if sums is not None:
+                sums[:, j] = (g * f).sum((0, 1))
+            g = g.mul_(w[:, j]) if owned else g * w[:, j]
+            if b.k_major:
+                gr = b._fused_backward(g, sv, need_x, need_p, True, True)
+            else:
+                gr = b._fused_backward(g.permute(1, 2, 0), sv, need_x, need_p, True)
+            if need_x and gr[0] is not None:
+                grad_x = gr[0] if grad_x is None else grad_x.add_(gr[0])
+            param_grads += list(gr[1:]) if n_p else []
+        if need_x and grad_x is None:  # no candidate depends on x (all pruned)
+            grad_x = grad.new_zeros(grad.shape[1:])
+        grad_logits = None
+        if sums is not None and n_cand:  # softmax backward, then the temperature
+            grad_logits = w * (sums - (w * sums).sum(-1, keepdim=True)) / self.temperature
+        return (grad_x, grad_logits, *param_grads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
