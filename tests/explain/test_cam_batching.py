@@ -1,7 +1,8 @@
 """Batched and chunked CAM against per-image calls and the papers' formulas on a tiny model.
 
 The tiny model is conv -> ReLU -> conv (the explained layer) -> ReLU -> global average
-pool -> linear, small enough to write Grad-CAM and Score-CAM out by hand here.
+pool -> linear, small enough to write Grad-CAM, Score-CAM and Ablation-CAM out by hand
+here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from archbench.explain import explain
-from archbench.explain.cam import CHUNK_PIXELS, default_chunk_size
+from archbench.explain import METHODS, explain
+from archbench.explain import cam as cam_module
+from archbench.explain.cam import images_per_pass
 
 
 class _Tiny(nn.Module):
@@ -87,16 +89,22 @@ def test_scorecam_matches_the_formula(tiny):
     torch.testing.assert_close(got, expect.to(got.dtype), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "scorecam", "gradcam++", "ablationcam"])
-@pytest.mark.parametrize("chunk_size", [1, 2, 5])
-def test_chunks_and_batches_equal_one_image_at_a_time(tiny, method, chunk_size):
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("chunk_size", "batch_size"), [(1, 7), (2, 3), (3, None), (None, 7)])
+def test_chunks_and_batches_equal_one_image_at_a_time(tiny, method, chunk_size, batch_size):
     torch.manual_seed(3)
     x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
     targets = torch.tensor([[0, 3], [1, 1], [2, 5], [3, 0], [4, 2]])  # two targets each
-    # batch_size 7 < 5 images x 5 channels: masked passes mix images within one forward
-    got = explain(tiny, x, targets=targets, method=method, chunk_size=chunk_size, batch_size=7)
+    # chunks of 2 and 3 split the 5 images unevenly; forwards of 3 or 7 masked inputs
+    # (< 5 channels x 2+ images) mix images within one forward
+    got = explain(
+        tiny, x, targets=targets, method=method, chunk_size=chunk_size, batch_size=batch_size
+    )
     single = torch.cat(
-        [explain(tiny, x[i : i + 1], targets=targets[i : i + 1], method=method) for i in range(5)]
+        [
+            explain(tiny, x[i : i + 1], targets=targets[i : i + 1], method=method, batch_size=1)
+            for i in range(5)
+        ]
     )
     assert got.shape == (5, 2, 8, 8)
     torch.testing.assert_close(got, single, rtol=1e-6, atol=1e-6)
@@ -125,12 +133,164 @@ def test_gradcam_works_on_a_frozen_model_and_leaves_it_alone(tiny):
     assert torch.is_grad_enabled()
 
 
-def test_default_chunk_follows_the_pixel_budget():
-    assert default_chunk_size(224, 224) == CHUNK_PIXELS // (224 * 224)
-    assert default_chunk_size(32, 32) == CHUNK_PIXELS // 1024
-    assert default_chunk_size(10_000, 10_000) == 1
-    # the measured choice: one 224x224 image per chunk, 64 at 32x32 (one CIFAR batch)
-    assert (default_chunk_size(224, 224), default_chunk_size(32, 32)) == (1, 64)
+def test_images_per_pass_is_the_activation_budget():
+    budget = cam_module.ACTIVATION_BYTES
+    assert images_per_pass(budget // 3) == 3
+    assert images_per_pass(budget + 1) == 1  # never fewer than one image
+    # resnet_pico: its largest output is 16 channels x H x W in float32
+    assert images_per_pass(16 * 224 * 224 * 4) == 1
+    assert images_per_pass(16 * 32 * 32 * 4) == 64
+
+
+def _batch_sizes(model):
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    return sizes, handle
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam"])
+def test_automatic_sizes_follow_the_largest_activation(method, monkeypatch):
+    """conv1's output, 4 x 8 x 8 float64 values (2048 bytes) per image, is the tiny model's
+    largest: with a budget of three of those, passes hold three images (or three masked
+    inputs) after a first forward of one image that measures it; later calls with the same
+    input size reuse the measurement, a larger input size is measured anew."""
+    torch.manual_seed(8)
+    model = _Tiny().double().eval()  # fresh: nothing measured yet
+    monkeypatch.setattr(cam_module, "ACTIVATION_BYTES", 3 * 4 * 8 * 8 * 8 + 5)
+    x = torch.randn(7, 3, 8, 8, dtype=torch.float64)
+    targets = torch.arange(7) % 6
+    sizes, handle = _batch_sizes(model)
+    try:
+        first = explain(model, x, targets=targets, method=method)
+    finally:
+        handle.remove()
+    if method == "gradcam":
+        assert sizes == [1, 3, 3]
+    else:  # first image: activation pass then its masked passes, then per chunk of 3
+        assert sizes[0] == 1 and max(sizes) == 3
+        assert sizes.count(3) >= 5 * 6 // 3  # the other six images' 30 inputs, three a pass
+    sizes, handle = _batch_sizes(model)
+    try:
+        again = explain(model, x, targets=targets, method=method)
+    finally:
+        handle.remove()
+    if method == "gradcam":
+        assert sizes == [3, 3, 1]  # measured already: no single-image first pass
+    torch.testing.assert_close(again, first)
+    # the same budget with wider inputs: per-image bytes grow, one image per pass
+    sizes, handle = _batch_sizes(model)
+    try:
+        explain(model, torch.randn(4, 3, 16, 16, dtype=torch.float64), targets=0)
+    finally:
+        handle.remove()
+    assert sizes == [1, 1, 1, 1]
+
+
+def test_a_given_chunk_measures_per_image_bytes(monkeypatch):
+    """With chunk_size given and batch_size automatic, the first forward holds four images:
+    the budget of three images' bytes still gives masked passes of three inputs."""
+    torch.manual_seed(10)
+    model = _Tiny().double().eval()
+    monkeypatch.setattr(cam_module, "ACTIVATION_BYTES", 3 * 4 * 8 * 8 * 8 + 5)
+    sizes, handle = _batch_sizes(model)
+    try:
+        explain(
+            model, torch.randn(4, 3, 8, 8, dtype=torch.float64), method="scorecam", chunk_size=4
+        )
+    finally:
+        handle.remove()
+    assert sizes[0] == 4 and max(sizes[1:]) == 3
+
+
+def test_a_model_in_train_mode_is_explained_in_eval_mode_and_put_back():
+    torch.manual_seed(9)
+    model = _Tiny().double()
+    model.conv1 = nn.Sequential(model.conv1, nn.Dropout(0.5))  # eval mode matters
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    model.eval()
+    ref = explain(model, x, targets=[1, 2, 3])
+    model.train()
+    torch.testing.assert_close(explain(model, x, targets=[1, 2, 3]), ref)
+    assert all(m.training for m in model.modules())
+
+
+def _tiny_with_constant_channels() -> _Tiny:
+    """conv2's channel 1 is 0 everywhere and channel 3 is 0.5 everywhere."""
+    torch.manual_seed(5)
+    model = _Tiny().double().eval()
+    with torch.no_grad():
+        model.conv2.weight[1] = 0
+        model.conv2.bias[1] = 0
+        model.conv2.weight[3] = 0
+        model.conv2.bias[3] = 0.5
+    return model
+
+
+def test_scorecam_constant_maps_are_zero_masks_shared_across_images():
+    """Score-CAM with the constant maps' 0/0 normalisation read as 0: their masked input
+    is a zero image. Written out per image and channel; and the batched call runs one
+    zero image for all images instead of one per constant map."""
+    model = _tiny_with_constant_channels()
+    torch.manual_seed(6)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([2, 0, 5])
+    a, _ = _activation_and_logits(model, x)
+    rows = []
+    with torch.no_grad():
+        for i in range(3):
+            scores = []
+            for k in range(5):
+                up = F.interpolate(a[i : i + 1, k : k + 1], size=(8, 8), mode="bilinear")
+                rng = up.max() - up.min()
+                mask = torch.zeros_like(up) if k in (1, 3) else (up - up.min()) / rng
+                scores.append(torch.softmax(model(x[i : i + 1] * mask), -1)[0, targets[i]])
+            weights = torch.softmax(torch.stack(scores), 0)
+            rows.append(F.relu((weights[:, None, None] * a[i]).sum(0)))
+    expect = torch.stack(rows)
+    sizes, handle = _batch_sizes(model)
+    try:
+        got = explain(
+            model, x, targets, method="scorecam", upsample=False, normalize=False, batch_size=50
+        )
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, expect.to(got.dtype), rtol=1e-5, atol=1e-7)
+    # first image alone (it sizes the passes), then the other two; per chunk: activation
+    # pass, one zero image, the 3 non-constant maps per image
+    assert sizes == [1, 1, 3, 2, 1, 6]
+
+
+def test_ablationcam_matches_the_formula():
+    """Ablation-CAM (Desai & Ramaswamy, 2020): w_k = (y_c - y_c^k) / y_c with y_c^k the
+    target's logit when channel k of the layer is zeroed (here divided by |y_c|, so that
+    a negative logit does not flip the signs); map = ReLU(sum_k w_k A_k)."""
+    model = _tiny_with_constant_channels()
+    torch.manual_seed(7)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([4, 1, 3])
+    a, logits = _activation_and_logits(model, x)
+    rows = []
+    with torch.no_grad():
+        for i in range(3):
+            y = logits[i, targets[i]]
+            w = []
+            for k in range(5):
+                ablated = a[i : i + 1].clone()
+                ablated[:, k] = 0
+                yk = model.fc(F.relu(ablated).mean((2, 3)))[0, targets[i]]
+                w.append((y - yk) / y.abs())
+            rows.append(F.relu((torch.stack(w)[:, None, None] * a[i]).sum(0)))
+    expect = torch.stack(rows)
+    sizes, handle = _batch_sizes(model)
+    try:
+        got = explain(
+            model, x, targets, method="ablationcam", upsample=False, normalize=False, batch_size=50
+        )
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, expect.to(got.dtype), rtol=1e-5, atol=1e-7)
+    # channel 1 is zero everywhere: ablating it changes nothing and costs no forward
+    assert sizes == [1, 4, 2, 8]
 
 
 def test_bad_chunk_and_target_lengths_are_refused(tiny):

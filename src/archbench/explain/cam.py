@@ -23,24 +23,32 @@ Methods (one call, ``explain(model, images, targets=None, method="gradcam", laye
   chosen so that the map correlates positively with the activations' norm per position.
   Gradient-free, class-agnostic.
 - ``scorecam``  Score-CAM (Wang et al.): each upsampled, [0, 1]-normalised activation map
-  masks the input; the target's softmax scores on the masked inputs, softmax-normalised
-  across channels, weight the maps.
+  masks the input (a constant map, whose normalisation is 0/0, gives a zero mask); the
+  target's softmax scores on the masked inputs, softmax-normalised across channels,
+  weight the maps.
 - ``ablationcam`` Ablation-CAM (Desai & Ramaswamy): weight of a channel = relative drop of
   the target score when that channel is zeroed at the layer.
 
 Gradient methods take one forward and one backward pass per chunk of images (per target
 column); the forward runs without autograd up to the explained layer, so the backward
 goes from the logits to that layer only (no weight gradients, no earlier layers).
-Score-CAM and Ablation-CAM run their masked passes in batches of ``batch_size``, with
-the masked inputs of several images in one forward. Images go through in chunks of
-``chunk_size`` (by default about ``CHUNK_PIXELS`` input pixels per chunk: at 224x224 a
-whole batch in one pass is slower than one image at a time on a CPU).
+Score-CAM and Ablation-CAM run their masked passes in forwards of ``batch_size``, with
+the masked inputs of several images in one forward; constant maps (Score-CAM: a zero
+mask, the same input for every image) and all-zero channels (Ablation-CAM: ablating
+them changes nothing) need no pass of their own. Images go through in chunks of
+``chunk_size``. Both sizes default to the number of images whose largest module output
+fits ``ACTIVATION_BYTES``, measured on the call's first forward: the model's forward is
+almost all of a CAM's time, and on a CPU a pass whose activations outgrow the caches and
+the allocator's heap costs more per image than single images do (at 224x224 a whole batch
+in one pass is slower than a loop over the images). Upsampling and normalisation run
+once over all maps of the call.
 The model is used in eval mode. Token layers are turned into maps by the model's own
 ``tokens_to_map`` (class and distillation tokens dropped).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -49,13 +57,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "CHUNK_PIXELS",
+    "ACTIVATION_BYTES",
     "GRADIENT_METHODS",
     "METHODS",
-    "default_chunk_size",
     "eigen_projection",
     "explain",
     "gradcampp_alpha",
+    "images_per_pass",
     "resolve_layer",
 ]
 
@@ -191,10 +199,105 @@ def eigen_projection(a: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise every map over its last two dimensions, all maps in one pass."""
     flat = maps.flatten(-2)
-    lo = flat.amin(-1, keepdim=True)
-    hi = flat.amax(-1, keepdim=True)
-    return ((flat - lo) / (hi - lo).clamp_min(_EPS)).view_as(maps)
+    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
+    return (flat - lo).div_((hi - lo).clamp_min(_EPS)).view_as(maps)
+
+
+# Bytes of the largest module output that one pass of images through the model may
+# produce (4 MiB). From a profile and benchmarks/explain_speed.py on a 2-core AMD EPYC
+# (32 MiB L3 shared with other jobs, 1 MiB L2): the explained model's forward is over 97%
+# of a CAM's time (Grad-CAM's own arithmetic is about 1 MFLOP per image at 224x224, under
+# 0.1% of resnet_pico's 1.6 GFLOP forward), and the forward's cost per image rises once
+# one pass's activations outgrow the caches and glibc's heap, which then maps and unmaps
+# them for every pass (resnet_pico at 224x224, largest output 3.1 MiB per image: 0 page
+# faults per pass of 1-2 images, 210,000 for 16; batch norm 4.8x and convolutions 1.4x
+# slower per image; 16 images in one pass 2.3x the time of 16 single-image passes). At
+# 224x224 single images were the fastest passes for resnet_pico at 1 and 2 threads, while
+# resnet18 (whose 3 MiB outputs are only its stem's) gained 1.1-1.4x from 2-8 images per
+# pass, which this rule does not see (pass chunk_size); at 32x32 resnet_pico ran fastest
+# per image at 32-64 images per pass (2-4 MiB) and slower from 128.
+ACTIVATION_BYTES = 4 * 2**20
+
+
+def images_per_pass(largest_output_bytes: int) -> int:
+    """Images per pass for a model whose largest module output is ``largest_output_bytes``
+    per image: ``ACTIVATION_BYTES // largest_output_bytes``, at least 1."""
+    return max(1, ACTIVATION_BYTES // max(1, int(largest_output_bytes)))
+
+
+# Largest module output per image, by model and input (channels, height, width, dtype):
+# measured once, on the first forward that needs it.
+_PER_IMAGE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+
+
+class _PassSize:
+    """Chunk and forward-batch sizes of one ``explain`` call.
+
+    Given sizes are used as they are; a missing one comes from the model's largest module
+    output per image for this input size, measured with forward hooks during the first
+    forward (once per model and input size; later calls reuse it).
+    """
+
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, chunk_size: int | None, batch_size: int | None
+    ) -> None:
+        self.chunk_size, self.batch_size = chunk_size, batch_size
+        self.key = (*images.shape[1:], images.dtype)
+        self.per_image = _PER_IMAGE.get(model, {}).get(self.key)
+
+    @property
+    def measured(self) -> bool:
+        return self.per_image is not None or bool(self.chunk_size and self.batch_size)
+
+    @contextmanager
+    def watch(self, model: nn.Module, images: int):
+        if self.measured:
+            yield
+            return
+        largest = [0]
+
+        def hook(_m, _i, out):
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    largest[0] = max(largest[0], t.numel() * t.element_size())
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        self.per_image = max(1, largest[0] // images)
+        _PER_IMAGE.setdefault(model, {})[self.key] = self.per_image
+
+    @property
+    def chunk(self) -> int:
+        return self.chunk_size or images_per_pass(self.per_image or 1)
+
+    @property
+    def batch(self) -> int:
+        return self.batch_size or images_per_pass(self.per_image or 1)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode, put back as it was; nothing is touched when it already is
+    (switching modes walks every module, a noticeable cost per call on small inputs)."""
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _logits(out: object) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @contextmanager
@@ -226,68 +329,75 @@ def _graph_from(layer: nn.Module):
 
 
 def _gradient_maps(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, method: str
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, method: str, size: _PassSize
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fn = _GRAD_FNS[method]
     with _graph_from(layer) as store:
-        logits = model(x.detach())
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+        with size.watch(model, len(x)):
+            logits = _logits(model(x.detach()))
         t = _targets(logits, targets)
         if "out" not in store:
             raise ValueError("the explained layer was not called in the model's forward")
         act = store["out"]
+        a = _to_map(model, act.detach()).float()
         maps = []
         for j in range(t.shape[1]):
             score = logits.gather(1, t[:, j : j + 1]).sum()
             (grad,) = torch.autograd.grad(score, act, retain_graph=j < t.shape[1] - 1)
-            a = _to_map(model, act.detach())
-            g = _to_map(model, grad)
-            maps.append(F.relu(fn(a.float(), g.float())))
-    return torch.stack(maps, 1), t
+            maps.append(fn(a, _to_map(model, grad).float()))
+    return F.relu(torch.stack(maps, 1)), t
 
 
 def _activation(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, size: _PassSize
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad(), _capture(layer) as store:
-        logits = model(x)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+    with torch.no_grad(), _capture(layer) as store, size.watch(model, len(x)):
+        logits = _logits(model(x))
+    if "out" not in store:
+        raise ValueError("the explained layer was not called in the model's forward")
     return logits, store["out"]
 
 
-def _score_cam(model, layer, x, targets, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, out = _activation(model, layer, x)
+def _score_cam(model, layer, x, targets, size: _PassSize) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score-CAM of a chunk: every non-constant (image, channel) map of the chunk masks its
+    image, and the masked inputs of all images go through the model ``size.batch`` at a
+    time. A constant map normalises to a zero mask (its 0/0 read as 0): the masked input
+    is then all zeros whatever the image, so one forward of a zero image serves them all."""
+    logits, out = _activation(model, layer, x, size)
     t = _targets(logits, targets)
     a = _to_map(model, out).float()
     b, c = a.shape[:2]
-    masks = _normalize(F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False))
-    scores = torch.empty(b, c, t.shape[1])
+    lo, hi = torch.aminmax(a.flatten(2), dim=-1)
+    live = (hi > lo).flatten().nonzero().squeeze(1)  # image * c + channel
+    scores = torch.empty(b, c, t.shape[1], device=x.device)
     with torch.no_grad():
-        # all (image, channel) masked inputs, run in batches
-        flat_idx = torch.arange(b * c)
-        for start in range(0, b * c, batch_size):
-            idx = flat_idx[start : start + batch_size]
+        if len(live) < b * c:
+            zero = _logits(model(torch.zeros_like(x[:1]))).float().softmax(-1)[0]
+            scores[:] = zero[t].unsqueeze(1)  # overwritten below for the live maps
+        for start in range(0, len(live), size.batch):
+            idx = live[start : start + size.batch]
             img, ch = idx // c, idx % c
-            masked = x[img] * masks[img, ch].unsqueeze(1)
-            out_logits = model(masked)
-            if isinstance(out_logits, (tuple, list)):
-                out_logits = out_logits[0]
-            probs = out_logits.float().softmax(-1)
-            scores[img, ch] = probs.gather(1, t[img]).cpu()
-    weights = scores.softmax(dim=1).to(a.device)  # softmax across channels, per target
-    maps = torch.einsum("bct,bchw->bthw", weights, a)
-    return F.relu(maps), t
+            up = F.interpolate(
+                a[img, ch].unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            masked = x[img] * _normalize(up).to(x.dtype)
+            probs = _logits(model(masked)).float().softmax(-1)
+            scores[img, ch] = probs.gather(1, t[img])
+    weights = scores.softmax(dim=1)  # softmax across channels, per target
+    return F.relu(torch.einsum("bct,bchw->bthw", weights, a)), t
 
 
-def _ablation_cam(model, layer, x, targets, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, out = _activation(model, layer, x)
+def _ablation_cam(model, layer, x, targets, size: _PassSize) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ablation-CAM of a chunk: the ablated copies of all images go through the model
+    ``size.batch`` at a time. Zeroing a channel that is already zero everywhere changes
+    nothing, so such channels get a drop of 0 without a forward."""
+    logits, out = _activation(model, layer, x, size)
     t = _targets(logits, targets)
     a = _to_map(model, out).float()
     b, c = a.shape[:2]
     base = logits.float().gather(1, t)  # B x T
     prefix = getattr(model, "num_prefix_tokens", 0) if out.ndim == 3 else 0
+    live = (a.flatten(2).abs().amax(-1) > 0).flatten().nonzero().squeeze(1)
     state: dict[str, torch.Tensor] = {}
 
     def ablate(_m, _i, o):
@@ -302,26 +412,35 @@ def _ablation_cam(model, layer, x, targets, batch_size: int) -> tuple[torch.Tens
             return type(o)([ablated, *o[1:]])
         return ablated
 
-    drops = torch.empty(b, c, t.shape[1])
+    drops = torch.zeros(b, c, t.shape[1], device=x.device)
     handle = layer.register_forward_hook(ablate)
     try:
         with torch.no_grad():
-            flat_idx = torch.arange(b * c)
-            for start in range(0, b * c, batch_size):
-                idx = flat_idx[start : start + batch_size]
+            for start in range(0, len(live), size.batch):
+                idx = live[start : start + size.batch]
                 img, ch = idx // c, idx % c
                 keep = torch.ones(len(idx), c, device=x.device)
-                keep[torch.arange(len(idx)), ch.to(x.device)] = 0
+                keep[torch.arange(len(idx), device=x.device), ch] = 0
                 state["keep"] = keep
-                o = model(x[img])
-                if isinstance(o, (tuple, list)):
-                    o = o[0]
-                score = o.float().gather(1, t[img])
-                drops[img, ch] = ((base[img] - score) / (base[img].abs() + _EPS)).cpu()
+                score = _logits(model(x[img])).float().gather(1, t[img])
+                drops[img, ch] = (base[img] - score) / (base[img].abs() + _EPS)
     finally:
         handle.remove()
-    maps = torch.einsum("bct,bchw->bthw", drops.to(a.device), a)
-    return F.relu(maps), t
+    return F.relu(torch.einsum("bct,bchw->bthw", drops, a)), t
+
+
+def _raw_maps(model, layer, x, targets, method, size: _PassSize) -> torch.Tensor:
+    """(B, T, h, w) maps of one chunk at the layer's resolution, after ReLU."""
+    if method in GRADIENT_METHODS:
+        return _gradient_maps(model, layer, x, targets, method, size)[0]
+    if method == "eigencam":
+        logits, out = _activation(model, layer, x, size)
+        t = _targets(logits, targets)
+        maps = F.relu(eigen_projection(_to_map(model, out)))
+        return maps.unsqueeze(1).expand(-1, t.shape[1], -1, -1)
+    if method == "scorecam":
+        return _score_cam(model, layer, x, targets, size)[0]
+    return _ablation_cam(model, layer, x, targets, size)[0]
 
 
 def explain(
@@ -332,7 +451,7 @@ def explain(
     layer: str | nn.Module | None = None,
     upsample: bool = True,
     normalize: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """One saliency map per image and target.
@@ -343,11 +462,16 @@ def explain(
     ``normalize`` and at input resolution when ``upsample`` (bilinear); otherwise the raw
     map at the layer's resolution (after ReLU).
 
-    The images are explained ``chunk_size`` at a time (None: ``default_chunk_size(H, W)``,
-    about ``CHUNK_PIXELS`` input pixels per chunk, so that a chunk's activations stay
-    small enough to be faster than explaining one image at a time). ``batch_size`` is how
-    many masked inputs (Score-CAM) or ablated copies (Ablation-CAM) go through the model
-    in one forward; those of several images share a forward.
+    The images are explained ``chunk_size`` at a time, one forward (and for gradient
+    methods one backward per target) per chunk. ``batch_size`` is how many masked inputs
+    (Score-CAM) or ablated copies (Ablation-CAM) go through the model in one forward;
+    those of several images share a forward. Either left at None comes from the model:
+    the call's first forward (one image, or the given ``chunk_size``) measures the
+    largest module output per image and the size is ``images_per_pass`` of it, the most
+    images whose largest activation fits ``ACTIVATION_BYTES`` (4 MiB, measured on a CPU:
+    1 image per pass for resnet_pico or resnet18 at 224x224, 64 for resnet_pico at
+    32x32); the measurement is kept per model and input size. Upsampling and
+    normalisation run once over all maps.
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -358,85 +482,29 @@ def explain(
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
-            raise ValueError(
-                f"{key} must be a positive integer (or None for chunk_size), got {value!r}"
-            )
+            raise ValueError(f"{key} must be a positive integer or None (automatic), got {value!r}")
     b = images.shape[0]
+    per_image_targets = None
     if isinstance(targets, (torch.Tensor, list)):
         t_all = torch.as_tensor(targets)
-        if t_all.ndim >= 1 and t_all.shape[0] != b:
-            raise ValueError(f"targets has {t_all.shape[0]} entries for a batch of {b} images")
+        if t_all.ndim >= 1:
+            if t_all.shape[0] != b:
+                raise ValueError(f"targets has {t_all.shape[0]} entries for a batch of {b} images")
+            per_image_targets = t_all
     layer = resolve_layer(model, layer)
-    chunk = chunk_size or default_chunk_size(*images.shape[-2:])
-    if chunk >= b:
-        maps = _explain_chunk(
-            model, images, targets, method, layer, upsample, normalize, batch_size
-        )
-    else:
-        parts = []
-        for start in range(0, b, chunk):
+    size = _PassSize(model, images, chunk_size, batch_size)
+    parts, start = [], 0
+    with _eval_mode(model):
+        while start < b:
+            n = size.chunk if size.measured else (chunk_size or 1)
             part_targets = targets
-            if isinstance(targets, (torch.Tensor, list)) and torch.as_tensor(targets).ndim >= 1:
-                part_targets = torch.as_tensor(targets)[start : start + chunk]
+            if per_image_targets is not None:
+                part_targets = per_image_targets[start : start + n]
             parts.append(
-                _explain_chunk(
-                    model,
-                    images[start : start + chunk],
-                    part_targets,
-                    method,
-                    layer,
-                    upsample,
-                    normalize,
-                    batch_size,
-                )
+                _raw_maps(model, layer, images[start : start + n], part_targets, method, size)
             )
-        maps = torch.cat(parts)
-    squeeze = (
-        targets is None
-        or not isinstance(targets, (torch.Tensor, list))
-        or torch.as_tensor(targets).ndim < 2
-    )
-    return maps[:, 0] if squeeze else maps
-
-
-# Input pixels per chunk of images (see ``explain``), from benchmarks/explain_speed.py on
-# a 2-core CPU (1 thread, resnet_pico, Grad-CAM): at 32x32 one pass over 64 images is
-# many times faster than 64 single-image calls (per-call overhead dominates), while at
-# 224x224 16 images took 1.13x (chunks of 2), 1.28x (4), 1.45x (8) and 2.1x (16) the
-# per-image loop (activations far beyond the caches; every chunk allocates them anew),
-# and chunks of 1 matched it. 64 images of 32x32 per chunk, one of 224x224.
-CHUNK_PIXELS = 64 * 32 * 32
-
-
-def default_chunk_size(height: int, width: int) -> int:
-    """Images per chunk for ``explain`` at this input size: ``CHUNK_PIXELS / (H * W)``."""
-    return max(1, CHUNK_PIXELS // (height * width))
-
-
-def _explain_chunk(
-    model, images, targets, method, layer, upsample, normalize, batch_size
-) -> torch.Tensor:
-    """(B, T, H', W') maps of one chunk of images."""
-    target_layer = resolve_layer(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        if method in GRADIENT_METHODS:
-            maps, t = _gradient_maps(model, target_layer, images, targets, method)
-        elif method == "eigencam":
-            logits, out = _activation(model, target_layer, images)
-            t = _targets(logits, targets)
-            maps = (
-                F.relu(eigen_projection(_to_map(model, out)))
-                .unsqueeze(1)
-                .expand(-1, t.shape[1], -1, -1)
-            )
-        elif method == "scorecam":
-            maps, t = _score_cam(model, target_layer, images, targets, batch_size)
-        else:
-            maps, t = _ablation_cam(model, target_layer, images, targets, batch_size)
-    finally:
-        model.train(was_training)
+            start += n
+    maps = parts[0] if len(parts) == 1 else torch.cat(parts)
     if upsample:
         b, n = maps.shape[:2]
         maps = F.interpolate(
@@ -447,4 +515,6 @@ def _explain_chunk(
         ).view(b, n, *images.shape[-2:])
     if normalize:
         maps = _normalize(maps)
-    return maps.detach()
+    maps = maps.detach()
+    squeeze = per_image_targets is None or per_image_targets.ndim < 2
+    return maps[:, 0] if squeeze else maps
