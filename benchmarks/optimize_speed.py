@@ -1,22 +1,26 @@
 """Eager vs ``archbench.optimize`` inference latency, with timm's eager time in the same run.
 
 For resnet50, convnext_tiny, vit_small_patch16_224 and mixer_b16_224 at 224x224, batch 8,
-2 threads, random weights, eval mode under ``torch.inference_mode``: each (library,
-variant, model) runs in its own process (3 warm-up passes, then the median of ``--passes``
-timed passes) and rounds alternate the order of the variants, as
-``/work/shared/peers/side_by_side.py`` does. Variants: archbench eager, archbench
-``optimize(model)`` (float32: BN folded, reparameterized, channels_last, linear layers
-on oneDNN where timing says so, chosen at batch 8), ``optimize(...,
-dtype="bf16")`` where the CPU has native bfloat16, ``optimize(..., compile=True)`` with
-``--compile`` (compile time excluded: it happens in the warm-up), and timm eager where the
-peers venv exists (``bash /work/shared/peers/setup.sh`` makes ``/tmp/peers-venv``; timm
-imports through ``/work/shared/peers/shim``). Skips timm cleanly when the venv is absent.
+2 threads, random weights, eval mode under ``torch.inference_mode``. One process per model
+holds every variant: archbench eager, ``optimize(model)`` (float32: BN folded,
+reparameterized, channels_last, linear layers on oneDNN where its per-shape timing says
+so, with ``example_input`` at the timed batch), ``optimize(..., dtype="bf16")`` where the
+CPU has native bfloat16, ``optimize(..., compile=True)`` with ``--compile`` (compiled
+during the warm-up) and timm eager. After 3 warm-up passes each repetition times every
+variant once, the order rotating, and each ratio is the median of the per-repetition
+ratios: separate processes on a shared 2-core machine differed by more than the effects
+measured here (the same model's eager time varied 0.77-1.22 s between two processes).
 
-    .venv/bin/python benchmarks/optimize_speed.py [--rounds 2] [--compile]
+timm comes from the peers venv (``bash /work/shared/peers/setup.sh`` makes
+``/tmp/peers-venv``; the process runs there with archbench's ``src`` and
+``/work/shared/peers/shim`` on ``PYTHONPATH``); without it the timm column is skipped.
 
-Writes ``benchmarks/results/optimize_speed.json``: per model, the median of the rounds'
-medians for each variant (seconds per batch) and the ratios eager / optimized and
-timm eager / optimized (> 1: the optimized model is faster).
+    .venv/bin/python benchmarks/optimize_speed.py [--reps 9] [--compile] [--models NAME ...]
+
+Writes ``benchmarks/results/optimize_speed.json``: per model, the median time of each
+variant (seconds per batch), the ratios eager / optimized, timm eager / optimized and
+timm / eager (> 1: the right-hand side is faster) with their min and max over the
+repetitions, and optimize's report (steps, the linear layers it timed and packed).
 """
 
 from __future__ import annotations
@@ -38,51 +42,60 @@ CASES = [  # (archbench name, timm name)
     ("mixer_b16_224", "mixer_b16_224"),
 ]
 
-TIMER = r"""
-import statistics, sys, time, torch
-variant, name, img, batch, passes = sys.argv[1:6]
-img, batch, passes = int(img), int(batch), int(passes)
+WORKER = r"""
+import json, statistics, sys, time, torch
+ours, theirs, img, batch, reps, variants = sys.argv[1:7]
+img, batch, reps, variants = int(img), int(batch), int(reps), variants.split(",")
 torch.set_num_threads(2)
+import archbench
 torch.manual_seed(0)
-if variant == "timm":
-    import timm
-    model = timm.create_model(name, num_classes=1000).eval()
-else:
-    import archbench
-    model = archbench.create_model(name, num_classes=1000).eval()
-    example = torch.randn(2, 3, img, img)
-    if variant == "optimized":
-        model = archbench.optimize(model, example_input=example)
-    elif variant == "bf16":
-        model = archbench.optimize(model, dtype="bf16", example_input=example)
-    elif variant == "compiled":
-        model = archbench.optimize(model, compile=True, example_input=example)
+base = archbench.create_model(ours, num_classes=1000).eval()
+example = torch.randn(batch, 3, img, img)  # optimize checks and chooses at the served batch
+models, reports = {"eager": base}, {}
+for v in variants:
+    if v == "timm":
+        import timm
+        torch.manual_seed(0)
+        models[v] = timm.create_model(theirs, num_classes=1000).eval()
+    elif v != "eager":
+        kw = {"dtype": "bf16"} if v == "bf16" else {"compile": True} if v == "compiled" else {}
+        models[v] = archbench.optimize(base, example_input=example, **kw)
+        reports[v] = models[v].optimize_report
 x = torch.randn(batch, 3, img, img)
+names = list(models)
+times = {v: [] for v in names}
 with torch.inference_mode():
     for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-print(statistics.median(times))
+        for v in names:
+            models[v](x)
+    for r in range(reps):
+        k = r % len(names)
+        for v in names[k:] + names[:k]:  # the order rotates every repetition
+            t0 = time.perf_counter()
+            models[v](x)
+            times[v].append(time.perf_counter() - t0)
+print(json.dumps({"times": times, "reports": reports}, default=str))
 """
 
 
-def _time(python: str, variant: str, name: str, args: argparse.Namespace, env: dict) -> float:
-    cmd = [python, "-c", TIMER, variant, name, str(args.img), str(args.batch), str(args.passes)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+def _run(python: str, ours: str, theirs: str, variants: list[str], args, env: dict) -> dict:
+    cmd = [python, "-c", WORKER, ours, theirs, str(args.img), str(args.batch), str(args.reps)]
+    r = subprocess.run(cmd + [",".join(variants)], capture_output=True, text=True, env=env)
     if r.returncode:
-        raise SystemExit(f"{variant} {name} failed:\n{r.stderr[-1500:]}")
-    return float(r.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{ours} failed:\n{r.stderr[-1500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _ratio(times: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
+    """Median (and range) over repetitions of time(a) / time(b): > 1 means b is faster."""
+    per_rep = [p / q for p, q in zip(times[a], times[b])]
+    return {"median": statistics.median(per_rep), "min": min(per_rep), "max": max(per_rep)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--passes", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=9, help="timed repetitions of every variant")
     ap.add_argument("--img", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--compile", action="store_true", help="also time optimize(compile=True)")
@@ -96,7 +109,8 @@ def main() -> None:
     from archbench.optimize import bf16_supported
 
     torch.set_num_threads(2)
-    variants = ["eager", "optimized"]
+    load_start = list(os.getloadavg())
+    variants = ["optimized"]
     bf16_ok, bf16_why = bf16_supported("cpu")
     if bf16_ok:
         variants.append("bf16")
@@ -107,44 +121,48 @@ def main() -> None:
         variants.append("timm")
     else:
         print(f"note: {args.peers_python} not found; timm eager times skipped")
-    base_env = dict(os.environ, OMP_NUM_THREADS="2")
-    timm_env = dict(base_env, PYTHONPATH=str(PEERS / "shim"))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    python = sys.executable
+    if has_timm:  # timm's venv, with archbench's source on the path: both in one process
+        python = args.peers_python
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), str(PEERS / "shim")])
     cases = [c for c in CASES if not args.models or c[0] in args.models]
     results = {}
     for ours, theirs in cases:
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        for r in range(args.rounds):
-            order = variants if r % 2 == 0 else variants[::-1]
-            for v in order:
-                if v == "timm":
-                    t = _time(args.peers_python, "timm", theirs, args, timm_env)
-                else:
-                    t = _time(sys.executable, v, ours, args, base_env)
-                times[v].append(t)
+        got = _run(python, ours, theirs, variants, args, env)
+        times = got["times"]
         med = {v: statistics.median(ts) for v, ts in times.items()}
-        rec = {"seconds": med, "all_seconds": times}
+
+        rec: dict = {"seconds": med, "all_seconds": times}
         for v in variants:
             if v not in ("eager", "timm"):
-                rec[f"eager_over_{v}"] = med["eager"] / med[v]
+                rec[f"eager_over_{v}"] = _ratio(times, "eager", v)
                 if has_timm:
-                    rec[f"timm_over_{v}"] = med["timm"] / med[v]
+                    rec[f"timm_over_{v}"] = _ratio(times, "timm", v)
+                rec[f"{v}_report"] = got["reports"].get(v)
         if has_timm:
-            rec["timm_over_eager"] = med["timm"] / med["eager"]
+            rec["timm_over_eager"] = _ratio(times, "timm", "eager")
         results[ours] = rec
         line = "  ".join(f"{v} {1e3 * s:7.1f} ms" for v, s in med.items())
-        print(f"{ours:24s} {line}", flush=True)
+        ratios = "  ".join(
+            f"{k} {r['median']:.2f}"
+            for k, r in rec.items()
+            if k.startswith(("eager_over", "timm_over"))
+        )
+        print(f"{ours:24s} {line}  |  {ratios}", flush=True)
     out = {
         "conditions": {
             "img": args.img,
             "batch": args.batch,
             "threads": 2,
-            "passes": args.passes,
-            "rounds": args.rounds,
+            "reps": args.reps,
             "warmup": 3,
-            "timing": "per process: median of the timed passes; per variant: median over rounds",
+            "timing": "one process per model holds every variant; each repetition times each "
+            "variant once, the order rotating; ratios are medians of per-repetition ratios",
             "weights": "random init, eval mode, torch.inference_mode",
             "bf16": "timed" if bf16_ok else f"not timed: {bf16_why}",
             "compile": "timed, compile time excluded" if args.compile else "not timed",
+            "load_avg_start": load_start,
             "load_avg_end": list(os.getloadavg()),
         },
         "environment": environment(),

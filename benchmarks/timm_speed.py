@@ -160,6 +160,34 @@ print(json.dumps({case: run_case(case) for case in cases.split(",")}))
 """
 
 
+def _write(args: argparse.Namespace, rows: list, t_start: float, load_before) -> None:
+    """The JSON of the pairs timed so far (rewritten after every pair: a long run that is
+    stopped keeps what it measured)."""
+    summary = {
+        c: {
+            "cases": sum(1 for r in rows if "paired_ratio" in r.get(c, {})),
+            "below_1": sorted(
+                r["archbench"] for r in rows if r.get(c, {}).get("paired_ratio", 1.0) < 1.0
+            ),
+        }
+        for c in args.cases.split(",")
+    }
+    result = {
+        "conditions": {
+            "threads": args.threads,
+            "reps": args.reps,
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg(),
+            "wall_s": time.time() - t_start,
+            "ratio": "timm time / archbench time; > 1: archbench is faster",
+        },
+        "summary": summary,
+        "cases": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
@@ -204,29 +232,8 @@ def main() -> int:
             for c in args.cases.split(",")
         ]
         print(f"{ours:28s} " + "  ".join(cells), flush=True)
-    summary = {
-        c: {
-            "cases": sum(1 for r in rows if "paired_ratio" in r.get(c, {})),
-            "below_1": sorted(
-                r["archbench"] for r in rows if r.get(c, {}).get("paired_ratio", 1.0) < 1.0
-            ),
-        }
-        for c in args.cases.split(",")
-    }
-    result = {
-        "conditions": {
-            "threads": args.threads,
-            "reps": args.reps,
-            "load_avg_before": load_before,
-            "load_avg_after": os.getloadavg(),
-            "wall_s": time.time() - t_start,
-            "ratio": "timm time / archbench time; > 1: archbench is faster",
-        },
-        "summary": summary,
-        "cases": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _write(args, rows, t_start, load_before)
+    _write(args, rows, t_start, load_before)
     print(f"wrote {args.out}")
     return 0
 

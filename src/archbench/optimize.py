@@ -20,8 +20,8 @@ that computes the same function within a stated tolerance, faster on CPU:
    bias and, in an ``Mlp``, the GELU that follows in the kernel's epilogue. With
    ``"auto"`` (the default) each distinct layer shape is timed both ways on the rows
    ``example_input`` gives it (alternating, median of the per-round ratios) and packed
-   only where oneDNN is at least 5% faster: which kernel wins depends on the shapes and
-   the CPU. ``True`` packs every linear layer, ``False`` none. Pass ``example_input`` at
+   only where oneDNN is at least 5% faster: which kernel wins depends on the shapes, the
+   CPU and the load on it. ``True`` packs every linear layer, ``False`` none. Pass ``example_input`` at
    the batch size you will serve, since the choice is made for those shapes.
 6. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
    keeps its class and methods.

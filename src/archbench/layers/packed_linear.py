@@ -8,9 +8,10 @@ is the kernel ``torch.compile`` with Inductor freezing picks for a linear layer 
 :class:`PackedLinear` calls it from eager mode (``torch.ops.mkldnn._linear_pointwise``,
 the op those compiled graphs call), so a model keeps its class, methods and hooks.
 
-Whether it is faster depends on the shapes and the CPU (on an AVX2 EPYC it was faster
-for ViT-S/16's 384-wide layers and slower for Mixer-B/16's 768 x 3072 ones), which is
-why ``archbench.optimize`` times both per layer shape before choosing.
+Whether it is faster depends on the shapes, the CPU and how busy its cores are (on a
+2-core AVX2 EPYC, oneDNN ran ViT-S/16's block layers at 0.72-0.97x MKL's speed on idle
+cores and at 1.3-2.6x while other jobs shared them; classifier heads gained 1.2-1.5x),
+which is why ``archbench.optimize`` times both per layer shape before choosing.
 
 Written here because no maintained library exposes this kernel as an eager module.
 """
