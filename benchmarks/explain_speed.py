@@ -41,7 +41,12 @@ import torch
 from archbench.bench import environment
 from archbench.bench.measure import count_flops
 from archbench.explain import METHODS, explain
-from archbench.explain.cam import ACTIVATION_BYTES, images_per_pass, resolve_layer
+from archbench.explain.cam import (
+    ACTIVATION_BYTES,
+    images_per_pass,
+    largest_output,
+    resolve_layer,
+)
 from archbench.models import create_model
 
 HEAVY = ("scorecam", "ablationcam")
@@ -111,18 +116,8 @@ def _forward(model, x, chunk):
 
 def _largest_output(model, x) -> int:
     """Bytes of the largest module output per image (what ``explain`` sizes its passes by)."""
-    largest = [0]
-
-    def hook(_m, _i, out):
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                largest[0] = max(largest[0], t.numel() * t.element_size())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
+    with largest_output(model) as largest, torch.no_grad():
         model(x[:1])
-    for h in handles:
-        h.remove()
     return largest[0]
 
 

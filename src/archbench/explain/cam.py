@@ -64,6 +64,7 @@ __all__ = [
     "explain",
     "gradcampp_alpha",
     "images_per_pass",
+    "largest_output",
     "resolve_layer",
 ]
 
@@ -232,6 +233,25 @@ def images_per_pass(largest_output_bytes: int) -> int:
 _PER_IMAGE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
+@contextmanager
+def largest_output(model: nn.Module):
+    """Yields a one-item list that holds, on exit, the bytes of the largest tensor any
+    module of ``model`` returned inside the block (what the pass size is measured by)."""
+    largest = [0]
+
+    def hook(_m, _i, out):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                largest[0] = max(largest[0], t.numel() * t.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield largest
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class _PassSize:
     """Chunk and forward-batch sizes of one ``explain`` call.
 
@@ -256,19 +276,8 @@ class _PassSize:
         if self.measured:
             yield
             return
-        largest = [0]
-
-        def hook(_m, _i, out):
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
-                    largest[0] = max(largest[0], t.numel() * t.element_size())
-
-        handles = [m.register_forward_hook(hook) for m in model.modules()]
-        try:
+        with largest_output(model) as largest:
             yield
-        finally:
-            for h in handles:
-                h.remove()
         self.per_image = max(1, largest[0] // images)
         _PER_IMAGE.setdefault(model, {})[self.key] = self.per_image
 
