@@ -21,8 +21,8 @@ that computes the same function within a stated tolerance, faster on CPU:
    ``"auto"`` (the default) each distinct layer shape is timed both ways on the rows
    ``example_input`` gives it (alternating, median of the per-round ratios) and packed
    only where oneDNN is at least 5% faster: which kernel wins depends on the shapes, the
-   CPU and the load on it. ``True`` packs every linear layer, ``False`` none. Pass ``example_input`` at
-   the batch size you will serve, since the choice is made for those shapes.
+   CPU and the load on it. ``True`` packs every linear layer, ``False`` none. Pass
+   ``example_input`` at the batch size you will serve: the choice is made for its shapes.
 6. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
    keeps its class and methods.
 
@@ -315,7 +315,8 @@ def _linear_plan(model: nn.Module, example_input: torch.Tensor) -> list[tuple[st
             h.remove()
     gelu_after: dict[str, str] = {}
     for name, m in model.named_modules():
-        if isinstance(m, Mlp) and type(m.fc1) is nn.Linear and type(m.act) is nn.GELU:
+        # exactly Mlp: a subclass may use fc1's output otherwise than act(fc1(x))
+        if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.act) is nn.GELU:
             act = "gelu_tanh" if m.act.approximate == "tanh" else "gelu"
             gelu_after[f"{name}.fc1" if name else "fc1"] = act
     return [(name, gelu_after.get(name, "none"), shape) for name, shape in shapes.items()]
@@ -333,8 +334,9 @@ def _linear_speedup(linear: nn.Linear, act: str, shape: tuple, rounds: int = 7) 
         return time.perf_counter() - t0
 
     with torch.no_grad():
-        for _ in range(2):
-            timed(packed._plain), timed(packed)
+        for _ in range(2):  # warm-up: oneDNN builds its kernel on the first call
+            timed(packed._plain)
+            timed(packed)
         ratios = []
         for i in range(rounds):
             if i % 2:
