@@ -44,6 +44,7 @@ BATCH = 64
 IMG = 32
 CONV_CH = 16
 LIN_IN, LIN_OUT = 3 * IMG * IMG, 64
+BASIS_MAJOR = False  # --basis-major-weight
 
 
 class _Unfold(nn.Module):
@@ -133,7 +134,9 @@ def run(
     x_lin = torch.randn(BATCH, LIN_IN, device=device)
     x_conv = torch.randn(BATCH, CONV_CH, IMG, IMG, device=device)
     for name in bases:
-        kl = KANLinear(LIN_IN, LIN_OUT, basis=name, **_opts(name)).to(device)
+        kl = KANLinear(
+            LIN_IN, LIN_OUT, basis=name, basis_major_weight=BASIS_MAJOR, **_opts(name)
+        ).to(device)
         n_feat = kl.full_weight().shape[-1]
         ref_l = nn.Linear(LIN_IN, LIN_OUT * n_feat, bias=False).to(device)
         kc = KANConv2d(CONV_CH, CONV_CH, 3, padding=1, basis=name, **_opts(name)).to(device)
@@ -196,6 +199,12 @@ def main() -> None:
     ap.add_argument("--no-unfold", action="store_true")
     ap.add_argument("--no-conv", action="store_true", help="KANLinear rows only")
     ap.add_argument(
+        "--basis-major-weight",
+        action="store_true",
+        help="KANLinear(basis_major_weight=True): the weight stored basis-major (not "
+        "contiguous: faster, but LBFGS and parameters_to_vector cannot flatten it)",
+    )
+    ap.add_argument(
         "--merge",
         action="store_true",
         help="replace only these bases' rows in an existing output file (keep the others)",
@@ -210,6 +219,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     load_before = os.getloadavg()
+    global BASIS_MAJOR
+    BASIS_MAJOR = args.basis_major_weight
     rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold, not args.no_conv)
     kat_row = run_kat_tokens(device, args.warmup, args.repeats)
     result = {
@@ -226,6 +237,9 @@ def main() -> None:
             ),
             "memory": "peak tensor memory of one forward+backward (profiler allocation events on CPU)",
             "equal_params": "nn.Linear(in, out*n_feat) / nn.Conv2d(in, out*n_feat, 3)",
+            "kan_linear_weight": "basis-major (basis_major_weight=True)"
+            if args.basis_major_weight
+            else "contiguous (the default)",
             "threads": torch.get_num_threads(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),

@@ -191,14 +191,14 @@ def test_fused_function_with_base_weight_passes_gradcheck(name, opts):
 def test_weight_layout_is_invisible_in_state_dict_and_training(name, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    layer = _layer(name, {}, n_in=6, n_out=4)
+    layer = _layer(name, {}, n_in=6, n_out=4, basis_major_weight=True)
     w = layer.weight
     assert w.shape == (4, 6, layer.basis.n_basis)
     assert w.permute(2, 0, 1).is_contiguous()  # stored basis-major
     sd = layer.state_dict()
     assert sd["weight"].is_contiguous() and torch.equal(sd["weight"], w)
     save_file(sd, str(tmp_path / "kan.safetensors"))
-    other = _layer(name, {}, seed=9, n_in=6, n_out=4)
+    other = _layer(name, {}, seed=9, n_in=6, n_out=4, basis_major_weight=True)
     other.load_state_dict(load_file(str(tmp_path / "kan.safetensors")))
     assert other.weight.permute(2, 0, 1).is_contiguous()  # loading keeps the layout
     x = _x(4, (3, 6))
@@ -215,9 +215,9 @@ def test_weight_layout_is_invisible_in_state_dict_and_training(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["legendre", "rswaf", "morlet"])
 def test_contiguous_weight_assigned_from_outside_gives_the_same_result(name):
-    layer = _layer(name, {}, n_in=6, n_out=4)
+    layer = _layer(name, {}, n_in=6, n_out=4, basis_major_weight=True)
     plain = _layer(name, {}, n_in=6, n_out=4)
-    plain.weight = nn.Parameter(layer.weight.detach().contiguous())
+    plain.load_state_dict(layer.state_dict())
     assert plain.weight.is_contiguous() and not layer.weight.is_contiguous()
     x = _x(5, (7, 6)).requires_grad_(True)
     xp = x.detach().clone().requires_grad_(True)
@@ -442,3 +442,28 @@ def test_selectable_with_a_candidate_without_basis_major_layout():
     got = _outputs_and_grads(layer, x)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["bspline", "chebyshev", "rbf"])
+def test_default_weight_is_contiguous_for_lbfgs_and_parameters_to_vector(name):
+    """The default layout: LBFGS (KAN fitting) and parameters_to_vector flatten with view."""
+    layer = _layer(name, {}, n_in=6, n_out=4)
+    assert layer.weight.is_contiguous()
+    fast = _layer(name, {}, n_in=6, n_out=4, basis_major_weight=True)
+    fast.load_state_dict(layer.state_dict())
+    assert not fast.weight.is_contiguous()
+    x = _x(3, (7, 6))
+    torch.testing.assert_close(fast(x), layer(x), rtol=1e-13, atol=1e-13)
+    nn.utils.parameters_to_vector(layer.parameters())
+    opt = torch.optim.LBFGS(layer.parameters(), lr=0.5, max_iter=3)
+    target = torch.sin(x.sum(-1, keepdim=True)).expand(-1, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = (layer(x) - target).square().mean()
+        loss.backward()
+        return loss
+
+    first = closure().item()
+    opt.step(closure)
+    assert closure().item() < first
