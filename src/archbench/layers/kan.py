@@ -11,10 +11,11 @@ convolution (convolutional), with the base branch as a second, small matmul/conv
 (mathematically the base function is one more basis feature; ``full_weight`` and
 ``pixel_features`` give that single-tensor view). ``KANLinear`` with a basis-major basis
 (every fused one: B-splines on a uniform grid, polynomials, RBF, RSWAF, wavelets,
-rational, selectable) stores its weight
-``(out, in, K)`` basis-major (strides ``(in, 1, out * in)``; the state dict holds it
-contiguous) and runs features, products and base branch in one autograd function, with
-a constant basis function kept out of the products (see ``_KANLinearFunction``).
+rational, selectable) runs features, products and base branch in one autograd function,
+the products over basis-major copies of the weight, with a constant basis function kept
+out of the products (see ``_KANLinearFunction``); ``basis_major_weight=True`` stores the
+``(out, in, K)`` weight basis-major (strides ``(in, 1, out * in)``; the state dict holds
+it contiguous) so that no copy is needed.
 A KAN convolution applies the KAN to every patch; because
 each edge function depends on one input pixel only, the features of every input pixel
 are computed once, ``(B, C * (K + 1), H, W)``, and convolved with weights
