@@ -173,11 +173,10 @@ GRADCHECK = [
 ]
 
 
-@pytest.mark.parametrize(("name", "opts"), GRADCHECK, ids=[c[0] for c in GRADCHECK])
-def test_fused_function_with_base_weight_passes_gradcheck(name, opts):
-    layer = _layer(name, opts, seed=2, n_in=3, n_out=2)
+def _gradcheck_fused_with_base(layer, x):
+    """gradcheck of the fused function in x, weight, base weight and basis parameters."""
     basis = layer.basis
-    x = (_x(3, (4, 3)) * 0.8).requires_grad_(True)
+    x = x.requires_grad_(True)
     params = tuple(p.detach().clone().requires_grad_(True) for p in basis._fused_params(x.dtype))
     w = layer.weight.detach().clone().requires_grad_(True)
     wb = layer.base_weight.detach().clone().requires_grad_(True)
@@ -185,6 +184,12 @@ def test_fused_function_with_base_weight_passes_gradcheck(name, opts):
         lambda xx, ww, bb, *pp: _KANLinearFunction.apply(xx, ww, bb, basis, *pp),
         (x, w, wb, *params),
     )
+
+
+@pytest.mark.parametrize(("name", "opts"), GRADCHECK, ids=[c[0] for c in GRADCHECK])
+def test_fused_function_with_base_weight_passes_gradcheck(name, opts):
+    layer = _layer(name, opts, seed=2, n_in=3, n_out=2)
+    _gradcheck_fused_with_base(layer, _x(3, (4, 3)) * 0.8)
 
 
 @pytest.mark.parametrize("name", ["chebyshev", "rbf", "mexican_hat"])
@@ -401,16 +406,7 @@ def test_selectable_after_selection_keeps_the_function_and_the_fast_path():
 
 
 def test_selectable_fused_function_passes_gradcheck():
-    layer = _selectable_layer(18)
-    basis = layer.basis
-    x = (_x(19, (3, 5)) * 0.8).requires_grad_(True)
-    params = tuple(p.detach().clone().requires_grad_(True) for p in basis._fused_params(x.dtype))
-    w = layer.weight.detach().clone().requires_grad_(True)
-    wb = layer.base_weight.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda xx, ww, bb, *pp: _KANLinearFunction.apply(xx, ww, bb, basis, *pp),
-        (x, w, wb, *params),
-    )
+    _gradcheck_fused_with_base(_selectable_layer(18), _x(19, (3, 5)) * 0.8)
 
 
 def _outputs_and_grads(layer, x):
