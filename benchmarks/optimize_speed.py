@@ -5,8 +5,11 @@ For resnet50, convnext_tiny, vit_small_patch16_224 and mixer_b16_224 at 224x224,
 holds every variant: archbench eager, ``optimize(model)`` (float32: BN folded,
 reparameterized, channels_last, linear layers on oneDNN where its per-shape timing says
 so, with ``example_input`` at the timed batch), ``optimize(..., dtype="bf16")`` where the
-CPU has native bfloat16, ``optimize(..., compile=True)`` with ``--compile`` (compiled
-during the warm-up) and timm eager. After 3 warm-up passes each repetition times every
+CPU has native bfloat16, ``optimize(..., int8_linear=True)`` where PyTorch has its x86
+int8 kernel (int8 weights, activations quantized per call: a precision trade, reported
+with the relative error of its features and logits against float32),
+``optimize(..., compile=True)`` with ``--compile`` (compiled during the warm-up) and timm
+eager. After 3 warm-up passes each repetition times every
 variant once, the order rotating, and each ratio is the median of the per-repetition
 ratios: separate processes on a shared 2-core machine differed by more than the effects
 measured here (the same model's eager time varied 0.77-1.22 s between two processes).
@@ -58,10 +61,17 @@ for v in variants:
         torch.manual_seed(0)
         models[v] = timm.create_model(theirs, num_classes=1000).eval()
     elif v != "eager":
-        kw = {"dtype": "bf16"} if v == "bf16" else {"compile": True} if v == "compiled" else {}
+        kw = {"bf16": {"dtype": "bf16"}, "compiled": {"compile": True},
+              "int8": {"int8_linear": True}}.get(v, {})
         models[v] = archbench.optimize(base, example_input=example, **kw)
         reports[v] = models[v].optimize_report
 x = torch.randn(batch, 3, img, img)
+if "int8" in models:  # how far int8 moves the outputs (random weights: logits may be ~0)
+    with torch.inference_mode():
+        for part in ("forward_features", "__call__"):
+            ref, got = getattr(base, part)(x), getattr(models["int8"], part)(x)
+            rel = ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            reports["int8"][f"rel_l2_error_{part.strip('_')}"] = rel
 names = list(models)
 times = {v: [] for v in names}
 with torch.inference_mode():
@@ -99,6 +109,7 @@ def main() -> None:
     ap.add_argument("--img", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--compile", action="store_true", help="also time optimize(compile=True)")
+    ap.add_argument("--no-int8", action="store_true", help="skip optimize(int8_linear=True)")
     ap.add_argument("--models", nargs="*", help="archbench names (default: the four cases)")
     ap.add_argument("--out", default=str(HERE / "results" / "optimize_speed.json"))
     args = ap.parse_args()
@@ -106,6 +117,7 @@ def main() -> None:
     import torch
 
     from archbench.bench import environment
+    from archbench.layers.int8_linear import int8_linear_available
     from archbench.optimize import bf16_supported
 
     torch.set_num_threads(2)
@@ -114,6 +126,9 @@ def main() -> None:
     bf16_ok, bf16_why = bf16_supported("cpu")
     if bf16_ok:
         variants.append("bf16")
+    int8_ok, int8_why = int8_linear_available()
+    if int8_ok and not args.no_int8:
+        variants.append("int8")
     if args.compile:
         variants.append("compiled")
     has_timm = Path(args.peers_python).exists()
@@ -162,6 +177,10 @@ def main() -> None:
             "weights": "random init, eval mode, torch.inference_mode",
             "bf16": "timed" if bf16_ok else f"not timed: {bf16_why}",
             "compile": "timed, compile time excluded" if args.compile else "not timed",
+            "int8": "timed (optimize int8_linear=True: int8 weights per channel, activations "
+            "quantized per call)"
+            if "int8" in variants
+            else f"not timed: {'--no-int8' if int8_ok else int8_why}",
             "load_avg_start": load_start,
             "load_avg_end": list(os.getloadavg()),
         },

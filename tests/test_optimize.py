@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import archbench
 from archbench.commands.bench import bench_models, print_bench_table
+from archbench.layers.int8_linear import DynamicInt8Linear
 from archbench.layers.packed_linear import PackedLinear
 from archbench.models import create_model, get_model_card, list_models
 from archbench.optimize import (
@@ -26,6 +27,8 @@ CPU = list_models(scale="cpu")
 # CPU-scale variants that optimize refuses, with a phrase of the reason. None today: a
 # variant that starts being refused fails the test below until it is listed here.
 REFUSED: dict[str, str] = {}
+# Variants that optimize(..., int8_linear=True) refuses, with a phrase of the reason.
+INT8_REFUSED: dict[str, str] = {}
 # The stated float32 tolerance, written out: |opt - ref| <= 1e-4 + 1e-4 * max|ref|.
 RTOL = ATOL = 1e-4
 
@@ -254,6 +257,11 @@ def test_bench_optimized_reports_both(capsys):
     print_bench_table(records, 4)
     header = capsys.readouterr().out.splitlines()[0]
     assert "latency b1 (ms)" in header and "optimized img/s" in header
+    (rec8,) = bench_models(
+        ["vit_pico"], None, 4, repeats=2, throughput_seconds=0.05, optimized=True, int8=True
+    )
+    assert rec8["optimized"]["steps"] == ["int8_linear"]
+    assert rec8["optimized"]["tolerance"] == {"rtol": INT8_RTOL, "atol": INT8_ATOL}
 
 
 def _linears(model: nn.Module) -> dict[str, type]:
@@ -311,3 +319,82 @@ def test_onednn_linear_refused_or_skipped_where_unavailable(monkeypatch):
     assert set(_linears(fast).values()) == {nn.Linear}
     with pytest.raises(ValueError, match="onednn_linear must be"):
         optimize(model, onednn_linear="yes")
+
+
+# The stated int8 tolerance, written out: |opt - ref| <= 1e-3 + 0.1 * max|ref|.
+INT8_RTOL, INT8_ATOL = 0.1, 1e-3
+
+
+@pytest.mark.parametrize("name", CPU)
+def test_every_cpu_variant_int8_linear_within_its_tolerance_or_refused(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    size = get_model_card(name).img_size
+    try:
+        fast = optimize(model, int8_linear=True)
+    except ValueError as err:
+        assert name in INT8_REFUSED, f"{name} refused: {err}"
+        assert INT8_REFUSED[name] in str(err)
+        return
+    assert name not in INT8_REFUSED, f"{name} is listed as refused but was accepted"
+    called = fast.optimize_report.get("int8_linear", [])
+    assert all(isinstance(fast.get_submodule(n), DynamicInt8Linear) for n in called)
+    x = torch.randn(2, model.in_chans, size, size)
+    model.eval()
+    with torch.no_grad():
+        _close(fast(x), model(x), INT8_RTOL, INT8_ATOL)
+
+
+def test_int8_linear_quantizes_the_data_linears_and_states_its_tolerance():
+    torch.manual_seed(0)
+    model = create_model("vit_pico").eval()
+    fast = optimize(model, int8_linear=True)
+    report = fast.optimize_report
+    assert report["steps"] == ["int8_linear"] and "onednn_linear" not in report
+    assert report["tolerance"] == {"rtol": INT8_RTOL, "atol": INT8_ATOL}
+    assert set(report["int8_linear"]) == set(_linears(model))
+    assert set(_linears(fast).values()) == set()  # no float linear left
+    assert all(isinstance(fast.get_submodule(n), DynamicInt8Linear) for n in _linears(model))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(fast(x), model(x), rtol=0, atol=1e-5)  # int8 did run
+
+
+def test_int8_linear_skips_layers_whose_input_does_not_depend_on_the_image():
+    class PositionalBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Linear(2, 8)  # on a constant coordinate table
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            coords = torch.linspace(-1, 1, 16).view(8, 2)
+            return self.fc(x.flatten(1)[:, :8]) + self.table(coords).sum(0)
+
+    fast = optimize(PositionalBias(), int8_linear=True, example_input=torch.randn(4, 2, 2, 2))
+    assert fast.optimize_report["int8_linear"] == ["fc"]
+    assert type(fast.table) is nn.Linear and isinstance(fast.fc, DynamicInt8Linear)
+
+
+def test_int8_linear_refused_beyond_its_tolerance_and_in_bad_combinations(monkeypatch):
+    # one large activation sets the quantization step; the small feature the output
+    # depends on rounds to zero
+    model = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 1.0]]))
+        model[0].bias.zero_()
+    x = torch.tensor([[500.0, 0.3], [-500.0, 0.4]])
+    with pytest.raises(ValueError, match="int8_linear changes its outputs"):
+        optimize(model, int8_linear=True, example_input=x)
+    vit = create_model("vit_pico")
+    with pytest.raises(ValueError, match="pass onednn_linear=False"):
+        optimize(vit, int8_linear=True, onednn_linear=True)
+    with pytest.raises(TypeError, match="int8_linear must be True or False"):
+        optimize(vit, int8_linear="yes")
+    opt_mod = sys.modules["archbench.optimize"]
+    monkeypatch.setattr(opt_mod, "bf16_supported", lambda device: (True, ""))
+    with pytest.raises(ValueError, match="int8_linear=True refused: .*bf16"):
+        optimize(vit, int8_linear=True, dtype="bf16")
+    monkeypatch.setattr(opt_mod, "int8_linear_available", lambda: (False, "no int8 here"))
+    with pytest.raises(ValueError, match="int8_linear=True refused: no int8 here"):
+        optimize(vit, int8_linear=True)

@@ -23,7 +23,14 @@ that computes the same function within a stated tolerance, faster on CPU:
    only where oneDNN is at least 5% faster: which kernel wins depends on the shapes, the
    CPU and the load on it. ``True`` packs every linear layer, ``False`` none. Pass
    ``example_input`` at the batch size you will serve: the choice is made for its shapes.
-6. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
+6. **int8 linear layers** (``int8_linear=True``, opt-in, CPU): every ``nn.Linear`` the
+   forward pass calls is replaced by a
+   :class:`~archbench.layers.int8_linear.DynamicInt8Linear`: int8 weights per output
+   channel, activations quantized per call, PyTorch's FBGEMM int8 GEMM. This trades
+   precision for speed (about 1-4% of the output's range on the models measured in
+   ``docs/performance.md``), so it is checked against the looser :data:`INT8_TOLERANCE`
+   and never on by default. It replaces the oneDNN linear step.
+7. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
    keeps its class and methods.
 
 Which Conv2d feeds which BatchNorm2d is found from the data flow of one traced forward
@@ -44,7 +51,9 @@ model in eval mode: the step is accepted when
 ``max |optimized - original| <= atol + rtol * max |original|``, with
 ``rtol = atol = 1e-4`` in float32 (:data:`FP32_TOLERANCE`) and ``rtol = 5e-2, atol = 1e-3``
 in bf16 (:data:`BF16_TOLERANCE`; bfloat16 keeps 8 significant bits, about 0.4% per
-rounding). A model whose output moves beyond that, or that fails to run after a step, is
+rounding) and ``rtol = 0.1, atol = 1e-3`` with int8 linear layers (:data:`INT8_TOLERANCE`;
+an int8 step is up to 1/254 of a channel's weight range and of the activations' range,
+and the errors of successive layers add up). A model whose output moves beyond that, or that fails to run after a step, is
 refused with a ``ValueError`` that names the step, so that it can be switched off.
 
 bf16 is refused (``ValueError``) on a CPU without native bfloat16 arithmetic (AVX512-BF16
@@ -66,6 +75,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .layers.int8_linear import DynamicInt8Linear, int8_linear_available
 from .layers.mlp import Mlp
 from .layers.packed_linear import PackedLinear, onednn_linear_available
 from .layers.reparam import reparameterize_model
@@ -73,17 +83,20 @@ from .layers.reparam import reparameterize_model
 __all__ = [
     "BF16_TOLERANCE",
     "FP32_TOLERANCE",
+    "INT8_TOLERANCE",
     "bf16_supported",
     "find_conv_bn_pairs",
     "fold_batchnorm",
     "optimize",
     "outputs_match",
     "pack_linears",
+    "quantize_linears",
 ]
 
 # (rtol, atol): |optimized - original| <= atol + rtol * max|original|, elementwise max.
 FP32_TOLERANCE = (1e-4, 1e-4)
 BF16_TOLERANCE = (5e-2, 1e-3)
+INT8_TOLERANCE = (1e-1, 1e-3)
 
 _DTYPES = {None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16}
 
@@ -385,6 +398,52 @@ def pack_linears(model: nn.Module, chosen: list[tuple[str, str]]) -> nn.Module:
     return model
 
 
+def _data_linears(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """The exact ``nn.Linear`` layers that the forward pass calls on data derived from its
+    input, in call order. Layers whose input is the same whatever the image (coordinate
+    tables of positional-bias MLPs, the kernel networks of continuous convolutions) are
+    left out: quantizing them gains no speed and only moves the outputs. Found by running
+    ``example_input`` and a second, different batch of the same shape and comparing each
+    layer's inputs (sum and sum of squares, per call)."""
+    seen: dict[str, list[list[tuple[float, float]]]] = {}
+    pass_index = [0]
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32:
+                runs = seen.setdefault(name, [[], []])
+                x64 = x.detach().double()
+                runs[pass_index[0]].append((x64.sum().item(), x64.square().sum().item()))
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(record(name))
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear  # exactly: a subclass may compute something else
+    ]
+    other = torch.randn(
+        example_input.shape, generator=torch.Generator().manual_seed(1), dtype=example_input.dtype
+    ).to(example_input.device)
+    try:
+        with torch.no_grad():
+            for i, x in enumerate((example_input, other)):
+                pass_index[0] = i
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [name for name, (first, second) in seen.items() if first != second]
+
+
+def quantize_linears(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace each named ``nn.Linear`` by its :class:`DynamicInt8Linear`. In place."""
+    for name in names:
+        _set_submodule(model, name, DynamicInt8Linear.from_linear(model.get_submodule(name)))
+    return model
+
+
 def optimize(
     model: nn.Module,
     *,
@@ -395,6 +454,7 @@ def optimize(
     compile: bool = False,
     example_input: torch.Tensor | None = None,
     onednn_linear: bool | str = "auto",
+    int8_linear: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` for inference: reparameterized, BatchNorm folded, channels_last,
     linear layers on oneDNN where faster, optionally bf16 and compiled, checked to give
@@ -404,8 +464,9 @@ def optimize(
     on every parameter and keeps its class and methods. ``example_input`` (default: a
     random batch of 2 at the model card's image size) is used to trace the data flow and
     to check each step against the original within :data:`FP32_TOLERANCE` (float32) or
-    :data:`BF16_TOLERANCE` (``dtype="bf16"``). A step that changes the outputs beyond the
-    tolerance, or makes the model fail, raises ``ValueError`` naming it.
+    :data:`BF16_TOLERANCE` (``dtype="bf16"``) or :data:`INT8_TOLERANCE`
+    (``int8_linear=True``). A step that changes the outputs beyond the tolerance, or makes
+    the model fail, raises ``ValueError`` naming it.
     The copy's ``optimize_report`` attribute lists what was done (steps, folded pairs,
     largest difference seen at the end).
     """
@@ -418,6 +479,7 @@ def optimize(
         ("reparameterize", reparameterize),
         ("channels_last", channels_last),
         ("compile", compile),
+        ("int8_linear", int8_linear),
     ]:
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
@@ -439,6 +501,16 @@ def optimize(
         linear_ok, linear_why = False, "the packed kernel is used in float32 only"
     if onednn_linear is True and not linear_ok:
         raise ValueError(f"onednn_linear=True refused: {linear_why}")
+    if int8_linear:
+        int8_ok, int8_why = int8_linear_available()
+        if device.type != "cpu":
+            int8_ok, int8_why = False, f"the model is on {device.type}; the int8 kernel is CPU-only"
+        elif target_dtype is not None:
+            int8_ok, int8_why = False, "it cannot be combined with dtype='bf16'"
+        if not int8_ok:
+            raise ValueError(f"int8_linear=True refused: {int8_why}")
+        if onednn_linear is True:
+            raise ValueError("int8_linear=True replaces the linear layers; pass onednn_linear=False")
     if example_input is None:
         example_input = _default_input(model, device)
     if not isinstance(example_input, torch.Tensor):
@@ -498,7 +570,13 @@ def optimize(
             apply("fold_bn", lambda: fold_batchnorm(opt, pairs))
     if channels_last and sum(isinstance(m, nn.Conv2d) for m in opt.modules()) >= 2:
         apply("channels_last", lambda: _to_channels_last(opt))
-    if onednn_linear and linear_ok:
+    if int8_linear:
+        names = _data_linears(opt, example_input)
+        report["int8_linear"] = names
+        if names:
+            rtol, atol = INT8_TOLERANCE
+            apply("int8_linear", lambda: quantize_linears(opt, names))
+    elif onednn_linear and linear_ok:
         chosen, measured = _choose_linears(opt, example_input, onednn_linear)
         report["onednn_linear"] = {"packed": [name for name, _ in chosen], "timed": measured}
         if chosen:

@@ -60,6 +60,7 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("zero batch", ["resnet_pico", "--batch", "0"], r"--batch.*>= 1"),
         ("zero threads", ["resnet_pico", "--threads", "0"], r"--threads.*>= 1"),
         ("zero repeats", ["resnet_pico", "--repeats", "0"], r"--repeats.*>= 1"),
+        ("--int8 without --optimized", ["resnet_pico", "--int8"], r"pass --optimized too"),
         ("malformed --model-arg", ["resnet_pico", "--model-arg", "=3"], r"KEY=VALUE"),
         ("unknown --model-arg key", ["resnet_pico", "--model-arg", "nosuch=1"], r"'nosuch'"),
         (

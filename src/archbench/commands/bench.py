@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "measured the same way, beside eager",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --optimized: int8 linear layers (int8 weights, activations quantized per "
+        "call; outputs within optimize's looser int8 tolerance), opt-in",
+    )
+    p.add_argument(
         "--train",
         action="store_true",
         help="also time training steps (forward, backward, SGD) at --batch and report the "
@@ -83,11 +89,13 @@ def bench_models(
     model_kwargs: dict[str, dict] | None = None,
     optimized: bool = False,
     train: bool = False,
+    int8: bool = False,
 ) -> list[dict]:
     """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``).
 
     With ``optimized``, ``archbench.optimize(model)`` is timed too, by the same functions
-    and settings, under the record's ``optimized`` key (or the reason it was refused).
+    and settings, under the record's ``optimized`` key (or the reason it was refused);
+    ``int8`` adds ``int8_linear=True`` to that call.
     With ``train``, training steps are timed at ``batch`` and their counted FLOPs set
     against the machine's fp32 matmul rate (measured once), under the ``train`` key.
     """
@@ -121,7 +129,9 @@ def bench_models(
         if kwargs_of[name]:
             rec["model_kwargs"] = kwargs_of[name]
         if optimized:
-            rec["optimized"] = _measure_optimized(model, rec, batch, repeats, throughput_seconds)
+            rec["optimized"] = _measure_optimized(
+                model, rec, batch, repeats, throughput_seconds, int8
+            )
         if peak is not None:
             rec["train"] = _measure_train(model, rec, batch, throughput_seconds, peak)
         records.append(rec)
@@ -129,13 +139,18 @@ def bench_models(
 
 
 def _measure_optimized(
-    model: torch.nn.Module, rec: dict, batch: int, repeats: int, throughput_seconds: float
+    model: torch.nn.Module,
+    rec: dict,
+    batch: int,
+    repeats: int,
+    throughput_seconds: float,
+    int8: bool = False,
 ) -> dict:
     """Latency and throughput of ``optimize(model)``, as ``measure_model`` takes them."""
     h, w = rec["img_size"]
     example = torch.randn(2, getattr(model, "in_chans", 3), h, w)
     try:
-        fast = optimize(model, example_input=example)
+        fast = optimize(model, example_input=example, int8_linear=int8)
     except ValueError as err:
         return {"refused": str(err)}
     lat = measure_latency(fast, (h, w), batch=1, repeats=repeats)
@@ -149,6 +164,7 @@ def _measure_optimized(
         "throughput_speedup": thr.images_per_s / rec["throughput"],
         "steps": fast.optimize_report["steps"],
         "max_abs_diff": fast.optimize_report["max_abs_diff"],
+        "tolerance": fast.optimize_report["tolerance"],
     }
 
 
@@ -232,6 +248,8 @@ def print_bench_table(records: list[dict], batch: int) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     check_writable_file(args.out, "--out")
     kwargs = model_args_for(args.model_arg, args.models)
+    if args.int8 and not args.optimized:
+        raise ValueError("--int8 chooses what --optimized times; pass --optimized too")
     if args.threads:
         torch.set_num_threads(args.threads)
     records = bench_models(
@@ -242,6 +260,7 @@ def run_bench(args: argparse.Namespace) -> int:
         model_kwargs=kwargs,
         optimized=args.optimized,
         train=args.train,
+        int8=args.int8,
     )
     if args.out:
         with open(args.out, "w") as f:
