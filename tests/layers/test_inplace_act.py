@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import archbench
 from archbench.layers.act import create_act
 from archbench.layers.conv import ConvNormAct
+from archbench.layers.helpers import add_residual_
 from archbench.models.mobileone import MobileOneBlock
 
 
@@ -125,3 +126,67 @@ def test_mobileone_block_sums_branches_in_place_with_the_same_values():
     y.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_add_residual_writes_into_its_first_operand_only_when_that_is_the_plain_sum():
+    y, s = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    expected = y + s
+    s_before = s.clone()
+    out = add_residual_(y, s)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)
+    assert torch.equal(s, s_before)
+    same = torch.randn(2, 3)
+    assert torch.equal(add_residual_(same, same), 2 * same) and not torch.equal(same, 2 * same)
+    small = torch.randn(1, 3, 1, 1)  # broadcast: the sum is larger than y
+    out = add_residual_(small, s)
+    assert out.shape == s.shape and out.data_ptr() != small.data_ptr()
+    low = torch.randn(2, 3, dtype=torch.bfloat16)  # the sum would be float32
+    out = add_residual_(low, torch.randn(2, 3))
+    assert out.dtype == torch.float32 and out.data_ptr() != low.data_ptr()
+
+
+RESIDUAL_FAMILIES = {
+    "resnet18": "archbench.models.resnet",
+    "seresnet50": "archbench.models.resnet",
+    "skresnext50_32x4d": "archbench.models.resnet",
+    "resnetrs50": "archbench.models.resnet_rs",
+    "resnest50": "archbench.models.resnest",
+    "res2net50_26w_4s": "archbench.models.res2net",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIDUAL_FAMILIES))
+def test_residual_sums_in_place_give_the_out_of_place_values_and_gradients(name, monkeypatch):
+    """A training step with the in-place sum equals one with ``y + shortcut`` (bit for bit:
+    the same additions), autograd accepts it, and the in-place sums really happen."""
+    import importlib
+
+    module = importlib.import_module(RESIDUAL_FAMILIES[name])
+
+    def step(model):
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    torch.manual_seed(0)
+    model = archbench.create_model(name, num_classes=10, drop_path_rate=0.0).train()
+    for mod in model.modules():  # non-trivial norms, so that every branch matters
+        if isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.5)
+            nn.init.uniform_(mod.bias, -0.2, 0.2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with _Ops() as mode:
+        out, grads = step(model)
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(module, "add_residual_", lambda y, s: y + s)
+    with _Ops() as ref_mode:
+        ref_out, ref_grads = step(model)
+    blocks = 8 if name == "resnet18" else 16
+    assert mode.calls["add_"] - ref_mode.calls["add_"] == blocks  # one in-place sum per block
+    assert ref_mode.calls["add"] - mode.calls["add"] == blocks
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 __all__ = [
+    "add_residual_",
     "init_kaiming_conv",
     "init_trunc_normal",
     "init_trunc_normal_linear",
     "make_divisible",
     "to_2tuple",
 ]
+
+
+def add_residual_(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``y + shortcut``, written into ``y``: for a residual block's last temporary (the
+    output of its final norm, attention or drop path), which nothing else reads. Saves one
+    allocation per block, as timm's ``x += shortcut`` does; the add's backward needs
+    neither operand, and autograd raises if ``y`` was saved for a backward after all.
+    Out of place when ``y`` is the shortcut itself or lacks the sum's shape or dtype
+    (under autocast a bf16 ``y`` plus a float32 shortcut is a float32 sum)."""
+    if (
+        y is shortcut
+        or y.shape != torch.broadcast_shapes(y.shape, shortcut.shape)
+        or y.dtype != torch.result_type(y, shortcut)
+    ):
+        return y + shortcut
+    return y.add_(shortcut)
 
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:

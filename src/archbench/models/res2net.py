@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, create_attn, drop_path_rates
 from ..layers.conv import ConvNormAct
-from ..layers.helpers import init_kaiming_conv
+from ..layers.helpers import add_residual_, init_kaiming_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -63,7 +63,7 @@ class Res2NetBottleneck(nn.Module):
         self.attn = create_attn(attn_layer, out)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
+        self.act = nn.ReLU(inplace=True)  # on the residual sum
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.norm.weight)
@@ -80,7 +80,7 @@ class Res2NetBottleneck(nn.Module):
             last = splits[-1]
             outs.append(self.pool(last) if self.pool is not None else last)
         y = self.attn(self.conv3(torch.cat(outs, 1)))
-        return self.act(self.drop_path(y) + shortcut)
+        return self.act(add_residual_(self.drop_path(y), shortcut))
 
 
 class Res2Net(ImageClassifier):

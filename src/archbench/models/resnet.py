@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, create_attn, drop_path_rates
 from ..layers.conv_variants import LaurelResidual, create_block_norm, create_conv
-from ..layers.helpers import init_kaiming_conv
+from ..layers.helpers import add_residual_, init_kaiming_conv
 from ..layers.plugin_attn import SelectiveKernel
 from ._base import FeatureInfo, ImageClassifier, min_side_for_norms
 from ._registry import ModelCard, build_model, register_model
@@ -90,7 +90,7 @@ def _residual(
 ) -> torch.Tensor:
     y = block.attn(y, x_in) if block.attn_uses_input else block.attn(y)
     y = block.drop_path(y)
-    return block.merge(y, shortcut) if block.merge is not None else y + shortcut
+    return block.merge(y, shortcut) if block.merge is not None else add_residual_(y, shortcut)
 
 
 class BasicBlock(nn.Module):

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..layers import DropPath, SqueezeExcite, drop_path_rates
 from ..layers.conv import ConvNormAct
-from ..layers.helpers import init_kaiming_conv
+from ..layers.helpers import add_residual_, init_kaiming_conv
 from ._base import FeatureInfo, ImageClassifier
 from ._registry import ModelCard, build_model, register_model
 
@@ -55,12 +55,12 @@ class SEBottleneck(nn.Module):
         self.se = SqueezeExcite(out, rd_ratio=se_ratio) if se_ratio > 0 else nn.Identity()
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU(inplace=True)  # on the fresh residual sum
+        self.act = nn.ReLU(inplace=True)  # on the residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.se(self.conv3(self.conv2(self.conv1(x))))
-        return self.act(self.drop_path(y) + shortcut)
+        return self.act(add_residual_(self.drop_path(y), shortcut))
 
 
 def _avg_down(cin: int, cout: int, stride: int) -> nn.Sequential:
