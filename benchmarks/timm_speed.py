@@ -17,6 +17,15 @@ alike; each case reports both medians and the median of the per-repetition ratio
 ``timm time / archbench time`` (> 1: archbench is faster). Two processes on a shared
 machine differ by more than the gaps being looked for; one process does not.
 
+Verdicts. Each case's per-repetition ratios are paired measurements of one quantity, so
+their logarithms are tested against 0 with Student's one-sample t (``scipy.stats.ttest_1samp``,
+``reps - 1`` degrees of freedom); the geometric mean ratio and its 95% interval are
+``exp(mean ± t(0.975) · se)`` of the log ratios. The p-values of all cases of one run are
+adjusted together with Holm's method (``archbench.bench.stats.holm``), and each case gets
+a verdict: ``archbench faster`` / ``timm faster`` (adjusted p < 0.05), ``within 5%``
+(no difference detected and the whole interval inside [0.95, 1.05]) or ``not resolved``
+(no difference detected, but the interval is wider than that: more repetitions needed).
+
 Each case also records the operator calls of one step of each model (counted by a
 ``TorchDispatchMode``) that the other model does not make: a structural difference
 (an extra copy, a missing in-place op) shows there, whatever the timings say.
@@ -150,6 +159,7 @@ def run_case(case):
         "ratio": med["timm"] / med["archbench"],
         "paired_ratio": statistics.median(ratios),
         "ratio_min_max": [min(ratios), max(ratios)],
+        "ratios": ratios,
         "calls": {lib: sum(c.values()) for lib, c in calls.items()},
         "only_timm": dict(calls["timm"] - calls["archbench"]),
         "only_archbench": dict(calls["archbench"] - calls["timm"]),
@@ -160,17 +170,73 @@ print(json.dumps({case: run_case(case) for case in cases.split(",")}))
 """
 
 
+EQUIVALENCE = 0.05  # "within 5%": the whole 95% interval inside [0.95, 1.05]
+
+
+def ratio_statistics(ratios: list[float]) -> dict:
+    """Geometric mean of paired per-repetition ratios, its 95% t interval and the two-sided
+    p-value of "no difference" (one-sample t on the log ratios)."""
+    import math
+
+    from scipy import stats
+
+    logs = [math.log(r) for r in ratios]
+    n = len(logs)
+    mean = sum(logs) / n
+    if n < 2:
+        return {"geo_mean": math.exp(mean), "ci95": None, "p": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+    se = sd / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * se
+    p = float(stats.ttest_1samp(logs, 0.0).pvalue) if se > 0 else (0.0 if mean else 1.0)
+    return {
+        "geo_mean": math.exp(mean),
+        "ci95": [math.exp(mean - half), math.exp(mean + half)],
+        "p": p,
+    }
+
+
+def add_verdicts(rows: list, cases: list[str]) -> None:
+    """Holm-adjusted verdict of every timed case of ``rows`` (in place)."""
+    from archbench.bench.stats import holm
+
+    cells = [row[c] for row in rows for c in cases if len(row.get(c, {}).get("ratios", [])) > 1]
+    for cell in cells:
+        cell["stats"] = ratio_statistics(cell["ratios"])
+    adjusted = holm([cell["stats"]["p"] for cell in cells])
+    for cell, p_adj in zip(cells, adjusted):
+        st = cell["stats"]
+        st["p_holm"] = p_adj
+        lo, hi = st["ci95"]
+        if p_adj is not None and p_adj < 0.05:
+            st["verdict"] = "archbench faster" if st["geo_mean"] > 1 else "timm faster"
+        elif lo >= 1 - EQUIVALENCE and hi <= 1 + EQUIVALENCE:
+            st["verdict"] = "within 5%"
+        else:
+            st["verdict"] = "not resolved"
+
+
 def _write(args: argparse.Namespace, rows: list, t_start: float, load_before) -> None:
     """The JSON of the pairs timed so far (rewritten after every pair: a long run that is
     stopped keeps what it measured)."""
+    cases = args.cases.split(",")
+    add_verdicts(rows, cases)
     summary = {
         c: {
             "cases": sum(1 for r in rows if "paired_ratio" in r.get(c, {})),
             "below_1": sorted(
                 r["archbench"] for r in rows if r.get(c, {}).get("paired_ratio", 1.0) < 1.0
             ),
+            "verdicts": {
+                v: sorted(
+                    r["archbench"]
+                    for r in rows
+                    if r.get(c, {}).get("stats", {}).get("verdict") == v
+                )
+                for v in ("archbench faster", "within 5%", "not resolved", "timm faster")
+            },
         }
-        for c in args.cases.split(",")
+        for c in cases
     }
     result = {
         "conditions": {
@@ -180,6 +246,8 @@ def _write(args: argparse.Namespace, rows: list, t_start: float, load_before) ->
             "load_avg_after": os.getloadavg(),
             "wall_s": time.time() - t_start,
             "ratio": "timm time / archbench time; > 1: archbench is faster",
+            "verdicts": "one-sample t on log per-repetition ratios, Holm-adjusted over the "
+            "run's cases; 'within 5%': 95% interval inside [0.95, 1.05]",
         },
         "summary": summary,
         "cases": rows,

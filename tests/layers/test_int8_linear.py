@@ -54,9 +54,13 @@ def test_weight_codes_and_scales_per_channel():
     torch.testing.assert_close(scale.double(), expected_scale, rtol=1e-6, atol=0)
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127
     assert torch.equal(q.long(), torch.round(w / scale.double()[:, None]).long())
-    assert ((q.double() * scale.double()[:, None] - w).abs() <= scale.double()[:, None] / 2 + 1e-7).all()
+    assert (
+        (q.double() * scale.double()[:, None] - w).abs() <= scale.double()[:, None] / 2 + 1e-7
+    ).all()
     zero_q, zero_s = quantize_weight_per_channel(torch.zeros(3, 4))
-    assert torch.equal(zero_q, torch.zeros(3, 4, dtype=torch.int8)) and torch.equal(zero_s, torch.ones(3))
+    assert torch.equal(zero_q, torch.zeros(3, 4, dtype=torch.int8)) and torch.equal(
+        zero_s, torch.ones(3)
+    )
     with pytest.raises(ValueError, match="2-d"):
         quantize_weight_per_channel(torch.zeros(2, 2, 2))
     with pytest.raises(ValueError, match="NaN or inf"):

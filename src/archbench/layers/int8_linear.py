@@ -119,7 +119,9 @@ class DynamicInt8Linear(nn.Module):
             raise RuntimeError(f"DynamicInt8Linear is not available: {why}")
         self.in_features, self.out_features = in_features, out_features
         self.reduce_range = _default_reduce_range() if reduce_range is None else bool(reduce_range)
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed: Any = None
@@ -130,7 +132,9 @@ class DynamicInt8Linear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
         if linear.weight.device.type != "cpu":
-            raise ValueError(f"int8 linear layers run on the CPU; this one is on {linear.weight.device}")
+            raise ValueError(
+                f"int8 linear layers run on the CPU; this one is on {linear.weight.device}"
+            )
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, reduce_range)
         q, scale = quantize_weight_per_channel(linear.weight)
         layer.weight_int8.copy_(q)
