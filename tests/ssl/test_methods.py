@@ -33,8 +33,10 @@ OTHERS = [
     ("obow", {"num_words": 64, "patches": 0}, SHAPES),
     ("gedi", {"clusters": 5, "sgld_steps": 5, "buffer_size": 512}, SHAPES),
     ("sp2ot", {"clusters": 5}, SHAPES),
-    ("clusterfit", {"clusters": 10}, SHAPES),
-    ("spark", {}, SHAPES),
+    # on the 256 shapes test images these two ended within noise of random init on one
+    # CPU and above it on another; on the 1078 digits test images they are clearly above
+    ("clusterfit", {"clusters": 10}, DIGITS),
+    ("spark", {}, DIGITS),
     ("nat", {"dim": 32}, DIGITS),
     ("context_prediction", {"patch": 4, "gap": 1, "jitter": 0, "hidden": 64}, DIGITS),
     ("selfie", {"grid": 4, "masked": 4, "depth": 1}, DIGITS),
