@@ -17,11 +17,11 @@ exactly when the CPU has no VNNI.
 The kernel is PyTorch's own dynamic quantized linear operator
 (``torch.ops.quantized.linear_dynamic`` on a weight packed by
 ``torch.ops.quantized.linear_prepack``; FBGEMM's int8 GEMM on x86), called directly. Two
-other routes were measured on the reference CPU (AMD EPYC, AVX2) and rejected: torchao's
-``Int8DynamicActivationInt8WeightConfig`` runs its eager path without an int8 GEMM (about
-1.0x the float32 time of a 1576x384 by 384x1536 product), and its PT2E int8 lowering
-(``archbench.compress``'s ``pt2e_int8``) ran vit_small at 0.31-0.36x float32 speed; the
-operator here ran the same product 2.3-3.9x faster than float32. ``torch.ao``'s
+other routes were measured and rejected: on an AMD EPYC with AVX512-VNNI, torchao's
+``Int8DynamicActivationInt8WeightConfig`` ran its eager path at about 1.0x the float32
+time of a 1576x384 by 384x1536 product, where the operator here ran it 2.3-3.9x faster
+than float32; on an AVX2-only EPYC, torchao's PT2E int8 lowering (``archbench.compress``'s
+``pt2e_int8``) ran vit_small at 0.31-0.36x float32 speed. ``torch.ao``'s
 ``quantize_dynamic`` module swap, which calls the same operator, is deprecated, so the
 module is archbench's own. PyTorch has also announced that its quantized tensor types
 (which the packing step uses) will go in a future release; :func:`int8_linear_available`
