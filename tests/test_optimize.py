@@ -124,27 +124,36 @@ def test_sequential_pairs_and_conv_without_bias():
         _close(fast(x), ref)
 
 
-@pytest.mark.parametrize("name", CPU)
-def test_every_cpu_variant_keeps_its_outputs_or_is_refused(name):
+def _optimize_variant(name: str, refused: dict[str, str], **kwargs):
+    """(original, optimized, fresh input) for a CPU variant, or None where ``optimize``
+    refuses it: then it must be listed in ``refused`` with a phrase of the reason."""
     torch.manual_seed(0)
     model = create_model(name)
     size = get_model_card(name).img_size
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    try:  # every linear layer through oneDNN, so that path is checked on every variant too
-        fast = optimize(model, onednn_linear=True)
+    try:
+        fast = optimize(model, **kwargs)
     except ValueError as err:
-        assert name in REFUSED, f"{name} refused: {err}"
-        assert REFUSED[name] in str(err)
-        return
-    assert name not in REFUSED, f"{name} is listed as refused but was accepted"
+        assert name in refused, f"{name} refused: {err}"
+        assert refused[name] in str(err)
+        return None
+    assert name not in refused, f"{name} is listed as refused but was accepted"
     assert model.training, "optimize must leave the original's mode alone"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not fast.training and not any(p.requires_grad for p in fast.parameters())
     assert type(fast) is type(model)
-    x = torch.randn(2, model.in_chans, size, size)  # not the input optimize checked on
     model.eval()
-    with torch.no_grad():
-        _close(fast(x), model(x))
+    return model, fast, torch.randn(2, model.in_chans, size, size)  # not optimize's input
+
+
+@pytest.mark.parametrize("name", CPU)
+def test_every_cpu_variant_keeps_its_outputs_or_is_refused(name):
+    # every linear layer through oneDNN, so that path is checked on every variant too
+    got = _optimize_variant(name, REFUSED, onednn_linear=True)
+    if got is not None:
+        model, fast, x = got
+        with torch.no_grad():
+            _close(fast(x), model(x))
 
 
 def test_folds_and_fuses_what_it_should():
@@ -327,22 +336,13 @@ INT8_RTOL, INT8_ATOL = 0.1, 1e-3
 
 @pytest.mark.parametrize("name", CPU)
 def test_every_cpu_variant_int8_linear_within_its_tolerance_or_refused(name):
-    torch.manual_seed(0)
-    model = create_model(name)
-    size = get_model_card(name).img_size
-    try:
-        fast = optimize(model, int8_linear=True)
-    except ValueError as err:
-        assert name in INT8_REFUSED, f"{name} refused: {err}"
-        assert INT8_REFUSED[name] in str(err)
-        return
-    assert name not in INT8_REFUSED, f"{name} is listed as refused but was accepted"
-    called = fast.optimize_report.get("int8_linear", [])
-    assert all(isinstance(fast.get_submodule(n), DynamicInt8Linear) for n in called)
-    x = torch.randn(2, model.in_chans, size, size)
-    model.eval()
-    with torch.no_grad():
-        _close(fast(x), model(x), INT8_RTOL, INT8_ATOL)
+    got = _optimize_variant(name, INT8_REFUSED, int8_linear=True)
+    if got is not None:
+        model, fast, x = got
+        called = fast.optimize_report.get("int8_linear", [])
+        assert all(isinstance(fast.get_submodule(n), DynamicInt8Linear) for n in called)
+        with torch.no_grad():
+            _close(fast(x), model(x), INT8_RTOL, INT8_ATOL)
 
 
 def test_int8_linear_quantizes_the_data_linears_and_states_its_tolerance():

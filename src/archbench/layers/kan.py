@@ -15,7 +15,9 @@ rational, selectable) runs features, products and base branch in one autograd fu
 the products over basis-major copies of the weight, with a constant basis function kept
 out of the products (see ``_KANLinearFunction``); ``basis_major_weight=True`` stores the
 ``(out, in, K)`` weight basis-major (strides ``(in, 1, out * in)``; the state dict holds
-it contiguous) so that no copy is needed.
+it contiguous) so that no copy is needed. With the default contiguous weight, a basis
+with ``k_minor_ok`` (all but the polynomials) runs ``(M, in, K)`` features and one
+product on the weight as stored instead (no copy either).
 A KAN convolution applies the KAN to every patch; because
 each edge function depends on one input pixel only, the features of every input pixel
 are computed once, ``(B, C * (K + 1), H, W)``, and convolved with weights
@@ -100,7 +102,8 @@ class _KANLinearFunction(torch.autograd.Function):
     the batch sum of the output gradient, the same for every input. The SiLU base branch
     is one more product accumulated into the output.
 
-    Other bases use their ``(M, in, K)`` features and one matrix multiply. The feature
+    Other bases, and ``k_minor_ok`` ones with a weight not stored basis-major (see
+    ``_k_major_call``), use their ``(M, in, K)`` features and one matrix multiply. The feature
     gradient goes into a reused workspace that the basis's backward may overwrite.
     Same values and gradients as ``basis(x) . W + silu(x) @ base_weight^T``.
     """
@@ -109,10 +112,10 @@ class _KANLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, base_weight, basis, *params):  # type: ignore[override]
         n_out, n_in, k = weight.shape
         ctx.basis = basis
-        ctx.k_major = basis.k_major
+        ctx.k_major = k_major = _k_major_call(basis, weight)
         act = F.silu(x) if base_weight is not None else None
         lo = 0
-        if not basis.k_major:
+        if not k_major:
             feats, saved = basis._fused_forward(x, params, True)
             feats = feats.view(x.shape[0], -1)
             w_k = weight.reshape(n_out, -1)
@@ -171,6 +174,22 @@ class _KANLinearFunction(torch.autograd.Function):
                 gx = grads[0]
                 grads = (base_gx if gx is None else gx.add_(base_gx), *grads[1:])
         return (grads[0], grad_w, grad_base, None, *grads[1:])
+
+
+def _k_major_call(basis: KANBasis, weight: torch.Tensor) -> bool:
+    """Whether the fused function runs basis-major for this weight.
+
+    A contiguous ``(out, in, K)`` weight would need a transposed copy for the basis-major
+    products (and its gradient a transposed copy back), so a basis whose ``(M, in, K)``
+    features cost less extra than those copies (``k_minor_ok``) runs one
+    ``(M, in * K) @ (in * K, out)`` product on the weight as stored instead (for
+    ``K = 1`` that is one plain matrix multiply rather than a batched one).
+    """
+    if not basis.k_major:
+        return False
+    if basis.k_minor_ok and weight.is_contiguous():  # (K = 1: both layouts at once)
+        return False
+    return True
 
 
 def _basis_major(weight: torch.Tensor) -> torch.Tensor:
