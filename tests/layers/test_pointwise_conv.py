@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from archbench.layers.mlp import ConvMlp, PointwiseConv
+from archbench.layers import mlp as mlp_module
+from archbench.layers.mlp import ConvMlp, PointwiseConv, matmul_preferred
 
 
 def _pair(bias: bool) -> tuple[PointwiseConv, nn.Conv2d]:
@@ -20,7 +21,9 @@ def _pair(bias: bool) -> tuple[PointwiseConv, nn.Conv2d]:
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_equals_a_1x1_convolution_with_its_gradients(bias, layout):
+@pytest.mark.parametrize("matmul", [True, False])
+def test_equals_a_1x1_convolution_with_its_gradients(bias, layout, matmul, monkeypatch):
+    monkeypatch.setattr(mlp_module, "_cpu_matmul_preferred", lambda: matmul)  # either kernel
     ours, ref = _pair(bias)
     x = torch.randn(3, 6, 4, 7, dtype=torch.float64)  # H != W: a wrong permute shows
     if layout == "channels_last":
@@ -44,16 +47,23 @@ def test_equals_a_1x1_convolution_with_its_gradients(bias, layout):
     assert ya.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
 
 
-def test_channels_last_input_takes_the_matrix_multiply(monkeypatch):
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
+def test_channels_last_input_takes_the_matrix_multiply_except_on_avx512(capability, monkeypatch):
     ours, _ = _pair(True)
     used = []
     real_linear, real_conv = F.linear, F.conv2d
     monkeypatch.setattr(F, "linear", lambda *a, **k: used.append("linear") or real_linear(*a, **k))
     monkeypatch.setattr(F, "conv2d", lambda *a, **k: used.append("conv") or real_conv(*a, **k))
-    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
-    ours(x.contiguous(memory_format=torch.channels_last))
-    ours(x)
-    assert used == ["linear", "conv"]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    mlp_module._cpu_matmul_preferred.cache_clear()
+    try:
+        x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+        ours(x.contiguous(memory_format=torch.channels_last))
+        ours(x)
+    finally:
+        mlp_module._cpu_matmul_preferred.cache_clear()
+    assert used == ["conv" if capability == "AVX512" else "linear", "conv"]
+    assert matmul_preferred(torch.device("meta"))  # other devices: the matrix multiply
 
 
 def test_conv_mlp_uses_it_and_keeps_conv_state_dict_names():
