@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -141,6 +142,34 @@ def test_gpsa_gated_to_content_is_plain_attention():
         mhsa.proj.load_state_dict(gpsa.proj.state_dict())
     x = torch.randn(2, 16, 24)
     torch.testing.assert_close(gpsa(x, (4, 4)), mhsa(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_gpsa_blend_both_forms_equal_the_formula_with_gradients(explicit, monkeypatch):
+    """A = (1 - g) softmax(q k^T / sqrt(d)) + g P, out = proj(A v): the explicit blended map
+    (short sequences) and the SDPA form (long ones) give it, values and gradients."""
+    monkeypatch.setattr(
+        GatedPositionalSelfAttention, "explicit_max_tokens", 10**6 if explicit else 0
+    )
+    torch.manual_seed(0)
+    gpsa = GatedPositionalSelfAttention(24, num_heads=4).double()
+    with torch.no_grad():
+        gpsa.v.weight.normal_()
+        gpsa.gating_param.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))  # mixed gates
+    x = torch.randn(2, 6, 24, dtype=torch.float64, requires_grad=True)
+    out = gpsa(x, (2, 3))
+    xr = x.detach().clone().requires_grad_(True)
+    q, k = (_split(t, 4) for t in gpsa.qk(xr).chunk(2, dim=-1))
+    v = _split(gpsa.v(xr), 4)
+    g = torch.sigmoid(gpsa.gating_param).view(1, 4, 1, 1)
+    content = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(6), dim=-1)
+    attn = (1 - g) * content + g * gpsa.positional_attention((2, 3), x.device)
+    ref = gpsa.proj(_merge(attn @ v))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(out)
+    (gx,) = torch.autograd.grad((out * w).sum(), x)
+    (gr,) = torch.autograd.grad((ref * w).sum(), xr)
+    torch.testing.assert_close(gx, gr, rtol=1e-10, atol=1e-12)
 
 
 def test_gpsa_local_init_attends_to_distinct_neighbours():
