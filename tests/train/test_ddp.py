@@ -115,6 +115,15 @@ def two(tmp_path_factory) -> tuple[Path, str]:
     """The same command under torchrun with two processes."""
     out = tmp_path_factory.mktemp("two") / "run"
     proc = subprocess.run(_torchrun(out), env=_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode and "Signal 6 (SIGABRT)" in proc.stderr:
+        # A gloo worker thread can abort the interpreter's teardown on a loaded machine
+        # ("terminate called without an active exception"; seen once in CI, not
+        # reproducible alone): one fresh attempt; any other failure, or a second abort,
+        # fails the test.
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(
+            _torchrun(out), env=_env(), capture_output=True, text=True, timeout=300
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
 
