@@ -24,7 +24,7 @@ that computes the same function within a stated tolerance, faster on CPU:
    CPU and the load on it. ``True`` packs every linear layer, ``False`` none. Pass
    ``example_input`` at the batch size you will serve: the choice is made for its shapes.
 6. **int8 linear layers** (``int8_linear=True``, opt-in, CPU): every ``nn.Linear`` the
-   forward pass calls is replaced by a
+   forward pass calls on data derived from the image is replaced by a
    :class:`~archbench.layers.int8_linear.DynamicInt8Linear`: int8 weights per output
    channel, activations quantized per call, PyTorch's FBGEMM int8 GEMM. This trades
    precision for speed (about 1-4% of the output's range on the models measured in
@@ -53,8 +53,9 @@ model in eval mode: the step is accepted when
 in bf16 (:data:`BF16_TOLERANCE`; bfloat16 keeps 8 significant bits, about 0.4% per
 rounding) and ``rtol = 0.1, atol = 1e-3`` with int8 linear layers (:data:`INT8_TOLERANCE`;
 an int8 step is up to 1/254 of a channel's weight range and of the activations' range,
-and the errors of successive layers add up). A model whose output moves beyond that, or that fails to run after a step, is
-refused with a ``ValueError`` that names the step, so that it can be switched off.
+and the errors of successive layers add up). A model whose output moves beyond that, or
+that fails to run after a step, is refused with a ``ValueError`` that names the step, so
+that it can be switched off.
 
 bf16 is refused (``ValueError``) on a CPU without native bfloat16 arithmetic (AVX512-BF16
 or AMX): there PyTorch emulates it in float32 and it is slower than float32 itself, which
@@ -510,7 +511,9 @@ def optimize(
         if not int8_ok:
             raise ValueError(f"int8_linear=True refused: {int8_why}")
         if onednn_linear is True:
-            raise ValueError("int8_linear=True replaces the linear layers; pass onednn_linear=False")
+            raise ValueError(
+                "int8_linear=True replaces the linear layers; pass onednn_linear=False"
+            )
     if example_input is None:
         example_input = _default_input(model, device)
     if not isinstance(example_input, torch.Tensor):
@@ -571,6 +574,8 @@ def optimize(
     if channels_last and sum(isinstance(m, nn.Conv2d) for m in opt.modules()) >= 2:
         apply("channels_last", lambda: _to_channels_last(opt))
     if int8_linear:
+        if not example_input.is_floating_point():
+            raise ValueError("int8_linear=True needs a floating-point example_input (images)")
         names = _data_linears(opt, example_input)
         report["int8_linear"] = names
         if names:
