@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _kan_refs import cox_de_boor, ran_fused_kan_linear
 
 from archbench.layers.kan import KANLinear, _KANLinearFunction
 
@@ -117,26 +118,13 @@ def _compare(layer, feats_fn, extra=()):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
 
 
-def _graph_has_fused(y) -> bool:
-    stack, seen = [y.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if type(node).__name__ == "_KANLinearFunctionBackward":
-            return True
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return False
-
-
 @pytest.mark.parametrize(
     ("name", "opts"), POLY_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(POLY_CASES)]
 )
 def test_polynomial_layer_equals_einsum_reference(name, opts):
     layer = _layer(name, opts)
     assert layer.basis.k_major and layer.basis.constant_index == 0
-    assert _graph_has_fused(layer(_x().requires_grad_(True)))
+    assert ran_fused_kan_linear(layer(_x().requires_grad_(True)))
     _compare(layer, lambda x: _poly_ref(name, opts, x))
 
 
@@ -241,14 +229,14 @@ def test_no_grad_autocast_and_meta_paths_agree(name):
     layer = _layer(name, {}, n_in=6, n_out=4)
     x = _x(6, (5, 6))
     y = layer(x.clone().requires_grad_(True))
-    assert _graph_has_fused(y)
+    assert ran_fused_kan_linear(y)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), y.detach(), rtol=1e-12, atol=1e-12)
     layer32 = layer.float()
     y32 = layer32(x.float().requires_grad_(True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_bf = layer32(x.float().requires_grad_(True))
-    assert not _graph_has_fused(y_bf)  # autocast takes the plain path
+    assert not ran_fused_kan_linear(y_bf)  # autocast takes the plain path
     torch.testing.assert_close(y_bf.float(), y32.detach(), rtol=0.05, atol=0.05)
     if name == "selectable":  # its selection check reads a value: no meta path
         return
@@ -295,7 +283,7 @@ def test_rational_layer_equals_written_out_group_rational(init):
     assert layer.base_weight is None and layer.basis.fused
     x = _x(12, (2, 5, 6)).requires_grad_(True)
     y = layer(x)
-    assert _graph_has_fused(y)
+    assert ran_fused_kan_linear(y)
     g = torch.randn_like(y)
     params = [layer.weight, layer.bias, layer.basis.numerator, layer.basis.denominator]
     grads = torch.autograd.grad((y * g).sum(), [x, *params])
@@ -324,16 +312,6 @@ def test_rational_fused_function_passes_gradcheck():
     )
 
 
-def _cox_de_boor(x, knots, order):
-    xe = x.unsqueeze(-1)
-    b = ((xe >= knots[:-1]) & (xe < knots[1:])).to(x.dtype)
-    for p in range(1, order + 1):
-        left = (xe - knots[: -(p + 1)]) / (knots[p:-1] - knots[: -(p + 1)]) * b[..., :-1]
-        right = (knots[p + 1 :] - xe) / (knots[p + 1 :] - knots[1:-p]) * b[..., 1:]
-        b = left + right
-    return b
-
-
 SELECT_CANDIDATES = (
     ("bspline", {"grid_size": 3, "spline_order": 2}),
     ("chebyshev", {"degree": 2}),
@@ -359,7 +337,7 @@ def _selectable_feats(x, logits, centres, log_scale, weights=None):
     knots = torch.arange(-2, 6, dtype=torch.float64) * (2.0 / 3) - 1
     t = (x.unsqueeze(-1) - centres) / torch.exp(log_scale)
     blocks = [
-        _cox_de_boor(x, knots, 2),
+        cox_de_boor(x, knots, 2),
         _poly_ref("chebyshev", {"degree": 2}, x),
         torch.exp(
             -(
@@ -396,7 +374,7 @@ def test_selectable_after_selection_keeps_the_function_and_the_fast_path():
     mh = layer.basis.candidates[3]
     xr = x.clone().requires_grad_(True)
     y = layer(xr)
-    assert _graph_has_fused(y)
+    assert ran_fused_kan_linear(y)
     feats = _selectable_feats(x, None, mh.centres.detach(), mh.log_scale.detach(), onehot)
     y_r = torch.einsum("...ik,oik->...o", feats, layer.weight.detach())
     y_r = y_r + F.silu(x) @ layer.base_weight.detach().T + layer.bias.detach()
@@ -425,7 +403,7 @@ def test_fused_basis_without_basis_major_layout_gives_the_same_result(name):
     want = _outputs_and_grads(layer, x)
     layer.basis.k_major = False  # this instance only
     got = _outputs_and_grads(layer, x)
-    assert _graph_has_fused(got[0])
+    assert ran_fused_kan_linear(got[0])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 

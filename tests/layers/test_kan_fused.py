@@ -14,20 +14,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _kan_refs import cox_de_boor
 
 from archbench.layers.kan import KANLinear, _KANLinearFunction
 from archbench.layers.kan_basis import _FusedBasisFunction, create_basis
-
-
-def _cox_de_boor(x: torch.Tensor, knots: torch.Tensor, order: int) -> torch.Tensor:
-    """Textbook recursion on one shared knot vector: (..., in) -> (..., in, n_knots-1-order)."""
-    xe = x.unsqueeze(-1)
-    b = ((xe >= knots[:-1]) & (xe < knots[1:])).to(x.dtype)
-    for p in range(1, order + 1):
-        left = (xe - knots[: -(p + 1)]) / (knots[p:-1] - knots[: -(p + 1)]) * b[..., :-1]
-        right = (knots[p + 1 :] - xe) / (knots[p + 1 :] - knots[1:-p]) * b[..., 1:]
-        b = left + right
-    return b
 
 
 def _uniform_knots(order: int, grid_size: int) -> torch.Tensor:
@@ -35,7 +25,7 @@ def _uniform_knots(order: int, grid_size: int) -> torch.Tensor:
 
 
 def _bspline_ref(basis, x):
-    return _cox_de_boor(x, _uniform_knots(basis.spline_order, basis.grid_size), basis.spline_order)
+    return cox_de_boor(x, _uniform_knots(basis.spline_order, basis.grid_size), basis.spline_order)
 
 
 def _centres(basis, dtype):
