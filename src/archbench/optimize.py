@@ -303,30 +303,49 @@ def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
 LINEAR_MIN_GAIN = 1.05
 
 
-def _linear_plan(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str, tuple]]:
-    """(name, activation to fuse, input shape) of every float32 CPU ``nn.Linear`` that runs
-    on ``example_input``; the activation is GELU when the layer is an ``Mlp``'s ``fc1``."""
-    shapes: dict[str, tuple] = {}
+def _linear_inputs(
+    model: nn.Module, batches: list[torch.Tensor], summarize: Callable[[torch.Tensor], Any]
+) -> dict[str, list[list[Any]]]:
+    """``summarize`` of the float32 CPU input of every call of every exact ``nn.Linear``
+    (a subclass may compute something else), per batch of ``batches`` run through
+    ``model`` in turn: name -> one list per batch, in call order (layers that never ran
+    are absent). Only the summaries are kept, not the inputs."""
+    seen: dict[str, list[list[Any]]] = {}
+    current = [0]
 
     def record(name: str) -> Callable[[nn.Module, tuple], None]:
-        def hook(m: nn.Module, args: tuple) -> None:
+        def hook(_m: nn.Module, args: tuple) -> None:
             x = args[0] if args else None
             if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32:
-                shapes.setdefault(name, tuple(x.shape))
+                seen.setdefault(name, [[] for _ in batches])[current[0]].append(summarize(x))
 
         return hook
 
     handles = [
         m.register_forward_pre_hook(record(name))
         for name, m in model.named_modules()
-        if type(m) is nn.Linear  # exactly: a subclass may compute something else
+        if type(m) is nn.Linear
     ]
     try:
         with torch.no_grad():
-            model(example_input)
+            for i, batch in enumerate(batches):
+                current[0] = i
+                model(batch)
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def _linear_plan(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str, tuple]]:
+    """(name, activation to fuse, input shape) of every float32 CPU ``nn.Linear`` that runs
+    on ``example_input``; the activation is GELU when the layer is an ``Mlp``'s ``fc1``."""
+    shapes = {
+        name: first
+        for name, ((first, *_),) in _linear_inputs(
+            model, [example_input], lambda x: tuple(x.shape)
+        ).items()
+    }
     gelu_after: dict[str, str] = {}
     for name, m in model.named_modules():
         # exactly Mlp: a subclass may use fc1's output otherwise than act(fc1(x))
@@ -406,35 +425,15 @@ def _data_linears(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     left out: quantizing them gains no speed and only moves the outputs. Found by running
     ``example_input`` and a second, different batch of the same shape and comparing each
     layer's inputs (sum and sum of squares, per call)."""
-    seen: dict[str, list[list[tuple[float, float]]]] = {}
-    pass_index = [0]
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, args: tuple) -> None:
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32:
-                runs = seen.setdefault(name, [[], []])
-                x64 = x.detach().double()
-                runs[pass_index[0]].append((x64.sum().item(), x64.square().sum().item()))
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(record(name))
-        for name, m in model.named_modules()
-        if type(m) is nn.Linear  # exactly: a subclass may compute something else
-    ]
     other = torch.randn(
         example_input.shape, generator=torch.Generator().manual_seed(1), dtype=example_input.dtype
     ).to(example_input.device)
-    try:
-        with torch.no_grad():
-            for i, x in enumerate((example_input, other)):
-                pass_index[0] = i
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
+
+    def moments(x: torch.Tensor) -> tuple[float, float]:
+        x64 = x.detach().double()
+        return x64.sum().item(), x64.square().sum().item()
+
+    seen = _linear_inputs(model, [example_input, other], moments)
     return [name for name, (first, second) in seen.items() if first != second]
 
 
