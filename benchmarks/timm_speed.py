@@ -181,18 +181,17 @@ def ratio_statistics(ratios: list[float]) -> dict:
     from scipy import stats
 
     logs = [math.log(r) for r in ratios]
-    n = len(logs)
-    mean = sum(logs) / n
-    if n < 2:
+    mean = sum(logs) / len(logs)
+    if len(logs) < 2:
         return {"geo_mean": math.exp(mean), "ci95": None, "p": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
-    se = sd / math.sqrt(n)
-    half = stats.t.ppf(0.975, n - 1) * se
-    p = float(stats.ttest_1samp(logs, 0.0).pvalue) if se > 0 else (0.0 if mean else 1.0)
+    if max(logs) == min(logs):  # no spread: the t statistic is undefined
+        return {"geo_mean": math.exp(mean), "ci95": [math.exp(mean)] * 2, "p": float(mean == 0)}
+    test = stats.ttest_1samp(logs, 0.0)
+    lo, hi = test.confidence_interval(0.95)
     return {
         "geo_mean": math.exp(mean),
-        "ci95": [math.exp(mean - half), math.exp(mean + half)],
-        "p": p,
+        "ci95": [math.exp(lo), math.exp(hi)],
+        "p": float(test.pvalue),
     }
 
 
