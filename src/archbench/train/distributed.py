@@ -24,6 +24,7 @@ How the work is split (see docs/training.md, "Multi-process training (torchrun)"
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -175,9 +176,19 @@ def setup(device: torch.device) -> DistContext:
 
 
 def cleanup(ctx: DistContext) -> None:
-    """End the process group if ``ctx`` started it."""
+    """End the process group if ``ctx`` started it, and with it its worker threads.
+
+    ``destroy_process_group`` only drops torch's own references: the group lives on while
+    anything else holds it (a DistributedDataParallel reducer does; :func:`fit` drops its
+    wrapper before this call), and so do its gloo worker threads. Left to the interpreter's
+    exit, a worker that frees a finished collective's tensors needs the GIL of an
+    interpreter that is shutting down, and the process aborts ("terminate called without
+    an active exception") after a run that completed. The collection frees a holder left
+    in a reference cycle now, so the group's destructor joins its threads while the
+    interpreter is alive."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier(ctx: DistContext) -> None:

@@ -356,12 +356,15 @@ def fit(
     if recipe.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     dctx = dist_.setup(dev)  # a single process (enabled false) without torchrun
+    run = None
     try:
         run = _Run(model, data, recipe, out, task, callbacks, max_seconds, progress, dctx)
         run.sync_bn = bool(sync_bn)
         return run.run(resume)
     finally:
         torch.use_deterministic_algorithms(prev_det)
+        if run is not None:
+            run.ddp = None  # DDP's reducer holds the process group (see cleanup)
         dist_.cleanup(dctx)
 
 
