@@ -1,4 +1,4 @@
-"""Training speed: counted step FLOPs, the matmul rate, timed steps and utilization."""
+"""Training speed: counted step FLOPs, the peak FLOP/s, timed steps and utilization."""
 
 from __future__ import annotations
 
@@ -47,12 +47,18 @@ def test_train_flops_counted_by_hand():
     assert flops["train_flops_per_image"] == 2 * (2 * 12 * 8 + 3 * 8 * 5)
 
 
-def test_peak_flops_is_two_n_cubed_over_the_median_time():
+def test_peak_flops_is_the_faster_of_matmul_and_1x1_convolution():
     # every timer reading is 10 ms after the last: calibration finds 10 calls per 0.1 s
-    # repeat, so each multiply is timed at 1 ms
-    peak = measure_peak_flops("fp32", n=64, timer=fake_clock(0.01))
-    assert peak["flops_per_s"] == pytest.approx(2 * 64**3 / 1e-3)
-    assert peak["n"] == 64 and peak["dtype"] == "fp32"
+    # repeat, so each call of either kernel is timed at 1 ms
+    mm = 2 * 64**3 / 1e-3  # n x n by n x n: 2 n^3 FLOPs
+    for channels, kernel in ((16, "conv1x1"), (4, "mm")):
+        conv = 2 * (64 * 8 * 8) * channels * channels / 1e-3  # 4096 pixels, C -> C
+        peak = measure_peak_flops("fp32", n=64, timer=fake_clock(0.01), conv_channels=channels)
+        assert peak["kernels"]["mm"] == pytest.approx(mm)
+        assert peak["kernels"]["conv1x1"] == pytest.approx(conv)
+        assert peak["kernel"] == kernel
+        assert peak["flops_per_s"] == pytest.approx(max(mm, conv))
+    assert peak["n"] == 64 and peak["dtype"] == "fp32" and peak["conv_channels"] == 4
     with pytest.raises(ValueError, match="dtype must be one of"):
         measure_peak_flops("fp8")
 
@@ -120,4 +126,4 @@ def test_bench_train_reports_utilization(capsys):
     assert train["forward_flops_per_image"] == pytest.approx(2 * rec["macs"], rel=1e-6)
     print_bench_table([rec], 4)
     out = capsys.readouterr().out
-    assert "train img/s" in out.splitlines()[0] and "matmul peak" in out
+    assert "train img/s" in out.splitlines()[0] and "peak" in out and "1x1 convolution" in out

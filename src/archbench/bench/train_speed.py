@@ -5,11 +5,16 @@ backward, SGD step) of a copy of a model, so the model passed in keeps its weigh
 statistics. :func:`count_train_flops` counts the FLOPs of one step's forward and
 backward passes with ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies,
 convolutions and attention, 2 FLOPs per multiply-add, as :func:`count_flops` does for
-inference; element-wise work is not counted). :func:`measure_peak_flops` times a square
-matrix multiply, the best case for the same arithmetic on this machine. Their ratio,
-achieved FLOP/s over the matmul rate, is the training step's utilization: a model at
-60% spends its time in large matrix products; one at 5% in small or memory-bound
-operators, Python overhead or copies.
+inference; element-wise work is not counted). :func:`measure_peak_flops` times the best
+case for the same arithmetic on this machine in both of the engines torch runs it on: a
+square matrix multiply (the BLAS library, MKL in the x86 wheels) and a 1x1 convolution in
+channels_last (oneDNN), and keeps the faster. One engine is not enough: on an AMD CPU
+with AVX512, MKL's sgemm runs its AVX2 code (about 100 GFLOP/s on one core, measured)
+while oneDNN's convolutions use AVX512 (about 220, the core's FMA peak), so a model made
+of convolutions and oneDNN linears showed 140-170% of the matmul rate. The ratio, achieved
+FLOP/s over that peak, is the training step's utilization: a model at 60% spends its time
+in large matrix products; one at 5% in small or memory-bound operators, Python overhead
+or copies.
 """
 
 from __future__ import annotations
@@ -103,38 +108,65 @@ def count_train_flops(
     }
 
 
+def _rate(call: Callable[[], Any], flops: float, repeats: int, min_seconds: float, timer):
+    call()
+    number = _calibrate(call, min_seconds / repeats, 1000, timer, lambda: None)
+    timed = timed_blocks(call, repeats, number, timer=timer)
+    seconds = sorted(timed.times)[len(timed.times) // 2]
+    rate = flops / seconds if seconds > 0 else math.inf
+    return {"flops_per_s": rate, "unstable": timed.unstable, "load_avg": timed.load_avg}
+
+
 def measure_peak_flops(
     dtype: str = "fp32",
     n: int = 1024,
     repeats: int = 5,
     min_seconds: float = 0.5,
     timer: Callable[[], float] = time.perf_counter,
+    *,
+    conv_channels: int = 256,
 ) -> dict[str, Any]:
-    """FLOP/s of an ``n x n`` by ``n x n`` matrix multiply (``2 n^3`` FLOPs) on the CPU.
+    """The machine's best FLOP/s for dense products, on the CPU with torch's threads now.
 
-    The median of a stable block of repeats (as :func:`timed_blocks`), with the threads
-    torch uses now. ``dtype`` is ``fp32`` or ``bf16``.
+    Two kernels, each the median of a stable block of repeats (as :func:`timed_blocks`):
+    ``mm``, an ``n x n`` by ``n x n`` ``torch.mm`` (``2 n^3`` FLOPs, the BLAS library),
+    and ``conv1x1``, a 1x1 convolution of ``conv_channels`` to ``conv_channels`` channels
+    on a channels_last (64, C, 8, 8) batch (``2 * 4096 * C^2`` FLOPs, oneDNN). The peak,
+    ``flops_per_s``, is the faster of the two; ``kernels`` keeps both rates and ``kernel``
+    names the one taken. ``dtype`` is ``fp32`` or ``bf16``.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or conv_channels < 1:
+        raise ValueError(f"n and conv_channels must be >= 1, got {n} and {conv_channels}")
+    dt = DTYPES[dtype]
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(DTYPES[dtype])
-    b = torch.randn(n, n, generator=g).to(DTYPES[dtype])
-    call = lambda: torch.mm(a, b)  # noqa: E731
-    call()
-    number = _calibrate(call, min_seconds / repeats, 1000, timer, lambda: None)
-    timed = timed_blocks(call, repeats, number, timer=timer)
-    seconds = sorted(timed.times)[len(timed.times) // 2]
-    flops = 2.0 * n**3
+    a = torch.randn(n, n, generator=g).to(dt)
+    b = torch.randn(n, n, generator=g).to(dt)
+    c = conv_channels
+    x = torch.randn(64, c, 8, 8, generator=g).to(dt).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, c, 1, 1, generator=g).to(dt).contiguous(memory_format=torch.channels_last)
+    kernels = {
+        "mm": _rate(lambda: torch.mm(a, b), 2.0 * n**3, repeats, min_seconds, timer),
+        "conv1x1": _rate(
+            lambda: torch.nn.functional.conv2d(x, w),
+            2.0 * 64 * 8 * 8 * c * c,
+            repeats,
+            min_seconds,
+            timer,
+        ),
+    }
+    best = max(kernels, key=lambda k: kernels[k]["flops_per_s"])
     return {
-        "flops_per_s": flops / seconds if seconds > 0 else math.inf,
+        "flops_per_s": kernels[best]["flops_per_s"],
+        "kernel": best,
+        "kernels": {k: v["flops_per_s"] for k, v in kernels.items()},
         "dtype": dtype,
         "n": n,
+        "conv_channels": c,
         "threads": torch.get_num_threads(),
-        "unstable": timed.unstable,
-        "load_avg": timed.load_avg,
+        "unstable": kernels[best]["unstable"],
+        "load_avg": kernels[best]["load_avg"],
     }
 
 
@@ -184,7 +216,7 @@ def measure_train_throughput(
 def train_utilization(
     images_per_s: float, train_flops_per_image: float, peak_flops_per_s: float
 ) -> dict[str, float]:
-    """Achieved training FLOP/s and its share of the machine's matmul rate."""
+    """Achieved training FLOP/s and its share of the machine's peak (``measure_peak_flops``)."""
     if peak_flops_per_s <= 0:
         raise ValueError(f"peak FLOP/s must be positive, got {peak_flops_per_s}")
     achieved = images_per_s * train_flops_per_image

@@ -97,7 +97,8 @@ def bench_models(
     and settings, under the record's ``optimized`` key (or the reason it was refused);
     ``int8`` adds ``int8_linear=True`` to that call.
     With ``train``, training steps are timed at ``batch`` and their counted FLOPs set
-    against the machine's fp32 matmul rate (measured once), under the ``train`` key.
+    against the machine's fp32 dense-product peak (``measure_peak_flops``, measured
+    once), under the ``train`` key.
     """
     for name in names:  # validate every name before measuring any
         get_model_card(name)
@@ -171,7 +172,7 @@ def _measure_optimized(
 def _measure_train(
     model: torch.nn.Module, rec: dict, batch: int, seconds: float, peak: dict
 ) -> dict:
-    """Training images/s at ``batch``, the step's FLOPs and its share of the matmul rate."""
+    """Training images/s at ``batch``, the step's FLOPs and its share of the machine's peak."""
     h, w = rec["img_size"]
     if batch < 2:
         return {"refused": "a training step needs --batch >= 2 (batch statistics)"}
@@ -224,7 +225,7 @@ def print_bench_table(records: list[dict], batch: int) -> None:
         columns += [
             ("train_ips", "train img/s"),
             ("train_gflops", "train GFLOP/s"),
-            ("train_util", "of matmul peak (%)"),
+            ("train_util", "of peak FLOP/s (%)"),
         ]
     print(format_table(_rows(records), columns))
     for r in records:
@@ -236,8 +237,10 @@ def print_bench_table(records: list[dict], batch: int) -> None:
     if peaks:
         print(
             f"training: forward + backward + SGD step at batch {batch}; FLOPs counted "
-            f"(matmul, conv, attention); matmul peak {peaks[0]['flops_per_s'] / 1e9:.0f} "
-            f"GFLOP/s (fp32, {peaks[0]['n']}x{peaks[0]['n']})."
+            f"(matmul, conv, attention); peak {peaks[0]['flops_per_s'] / 1e9:.0f} GFLOP/s "
+            f"(fp32, the faster of {peaks[0]['n']}x{peaks[0]['n']} torch.mm at "
+            f"{peaks[0]['kernels']['mm'] / 1e9:.0f} and a {peaks[0]['conv_channels']}-channel "
+            f"1x1 convolution at {peaks[0]['kernels']['conv1x1'] / 1e9:.0f})."
         )
     print(
         f"\nCPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}; latency: batch 1, "
