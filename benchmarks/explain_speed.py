@@ -41,6 +41,7 @@ import torch
 from archbench.bench import environment
 from archbench.bench.measure import count_flops
 from archbench.explain import METHODS, explain
+from archbench.explain import cam as cam_module
 from archbench.explain.cam import (
     ACTIVATION_BYTES,
     images_per_pass,
@@ -179,6 +180,14 @@ def peer_gradcam(args, threads: int) -> list[dict] | dict:
     return rows
 
 
+def _tuned(model, x) -> dict:
+    """Where the automatic chunk's timing search ended for this model and input."""
+    state = cam_module._TUNING.get(model, {}).get((*x.shape[1:], x.dtype))
+    if state is None:
+        return {}
+    return {"images_per_pass": state.best, "finished": state.done}
+
+
 def pass_sweep(args, threads: int, heavy: bool) -> list[dict]:
     """Grad-CAM at 224x224 with fixed and automatic chunk sizes against the per-image loop
     and a forward-only pass; Score-CAM with the old fixed batch_size=64 and the automatic one."""
@@ -203,13 +212,15 @@ def pass_sweep(args, threads: int, heavy: bool) -> list[dict]:
                 "threads": threads,
                 "largest_output_bytes_per_image": largest,
                 "auto_images_per_pass": images_per_pass(largest),
+                "auto_tuned_images_per_pass": _tuned(model, x),
                 "times": med,
                 "loop_over_auto_wall": med["loop"]["wall_s"] / med["auto"]["wall_s"],
                 "loop_over_auto_cpu": med["loop"]["cpu_s"] / med["auto"]["cpu_s"],
             }
         )
         print(
-            f"[{threads} thr] passes {name} gradcam n={len(x)} (auto {images_per_pass(largest)}): "
+            f"[{threads} thr] passes {name} gradcam n={len(x)} (rule {images_per_pass(largest)}, "
+            f"tuned {_tuned(model, x)}): "
             + ", ".join(f"{k} {v['wall_s']:.3f}" for k, v in med.items()),
             flush=True,
         )

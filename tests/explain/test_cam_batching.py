@@ -175,7 +175,9 @@ def test_automatic_sizes_follow_the_largest_activation(method, monkeypatch):
     finally:
         handle.remove()
     if method == "gradcam":
-        assert sizes == [3, 3, 1]  # measured already: no single-image first pass
+        # measured already: no single-image first pass; the tuning times twice the rule's
+        # size next (test_an_automatic_chunk_is_tuned_by_timing)
+        assert sizes == [6, 1]
     torch.testing.assert_close(again, first)
     # the same budget with wider inputs: per-image bytes grow, one image per pass
     sizes, handle = _batch_sizes(model)
@@ -184,6 +186,57 @@ def test_automatic_sizes_follow_the_largest_activation(method, monkeypatch):
     finally:
         handle.remove()
     assert sizes == [1, 1, 1, 1]
+
+
+def _fake_pass_times(monkeypatch, per_image: dict[int, float]) -> None:
+    """Every pass of n images "takes" ``n * per_image[n]`` seconds on explain's clock."""
+    now = [0.0]
+    raw = cam_module._raw_maps
+
+    def timed_raw(model, layer, x, *args):
+        now[0] += len(x) * per_image[len(x)]
+        return raw(model, layer, x, *args)
+
+    monkeypatch.setattr(cam_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(cam_module, "_raw_maps", timed_raw)
+
+
+def test_an_automatic_chunk_is_tuned_by_timing(monkeypatch):
+    """From the rule's size (1 here), twice as many images per pass while that is more
+    than 5% faster per image: 2 is (0.8 s against 1.0), 4 is (0.7 against 0.8), 8 is not
+    (0.9), so the rest go 4 at a time. Each size is timed on its second pass (the first
+    sets up that batch size's kernels); every pass's maps are kept, the same as per-image
+    calls; the result holds for later calls on the same model and input size."""
+    torch.manual_seed(11)
+    model = _Tiny().double().eval()
+    monkeypatch.setattr(cam_module, "ACTIVATION_BYTES", 4 * 8 * 8 * 8 + 5)  # one image
+    _fake_pass_times(monkeypatch, {1: 1.0, 2: 0.8, 3: 0.75, 4: 0.7, 8: 0.9})
+    x = torch.randn(40, 3, 8, 8, dtype=torch.float64)
+    targets = torch.arange(40) % 6
+    sizes, handle = _batch_sizes(model)
+    try:
+        got = explain(model, x, targets=targets)
+    finally:
+        handle.remove()
+    # measure, 1 untimed, 1 timed, 2, 2, 4, 4, 8, 8, then the best (4) for the last 9
+    assert sizes == [1, 1, 1, 2, 2, 4, 4, 8, 8, 4, 4, 1]
+    loop = torch.cat([explain(model, x[i : i + 1], targets=targets[i : i + 1]) for i in range(40)])
+    torch.testing.assert_close(got, loop)
+    sizes, handle = _batch_sizes(model)
+    try:
+        explain(model, x[:11], targets=targets[:11])
+    finally:
+        handle.remove()
+    assert sizes == [4, 4, 3]  # tuned: no more trials
+    # a pass of more images that is only 4% faster per image is not taken
+    fresh = _Tiny().double().eval()
+    _fake_pass_times(monkeypatch, {1: 1.0, 2: 0.96})
+    sizes, handle = _batch_sizes(fresh)
+    try:
+        explain(fresh, x[:9], targets=targets[:9])
+    finally:
+        handle.remove()
+    assert sizes == [1, 1, 1, 2, 2, 1, 1]
 
 
 def test_a_given_chunk_measures_per_image_bytes(monkeypatch):
