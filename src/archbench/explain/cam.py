@@ -248,6 +248,13 @@ TUNE_MARGIN = 0.05
 _clock = time.perf_counter
 
 
+def _now(device: torch.device) -> float:
+    """The clock once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _clock()
+
+
 class _ChunkTuning:
     """Where the timing search for one model and input stands."""
 
@@ -580,11 +587,11 @@ def explain(
             part_targets = targets
             if per_image_targets is not None:
                 part_targets = per_image_targets[start : start + n]
-            t0 = _clock()
+            t0 = _now(images.device)
             parts.append(
                 _raw_maps(model, layer, images[start : start + n], part_targets, method, size)
             )
-            size.timed(model, n, _clock() - t0)
+            size.timed(model, n, _now(images.device) - t0)
             start += n
     maps = parts[0] if len(parts) == 1 else torch.cat(parts)
     if upsample:
