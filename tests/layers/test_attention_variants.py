@@ -111,19 +111,28 @@ def test_spatial_reduction_shrinks_keys_and_keeps_prefix():
     assert seen["kv"] == (2, 1 + 16, 32)
 
 
-def test_cross_covariance_attention_matches_written_out_formula():
-    """XCA = softmax(tau * K_hat^T Q_hat) over channels, per head (XCiT eq. 2)."""
+@pytest.mark.parametrize("tokens", [10, 4])  # more and fewer tokens than channels (8)
+def test_cross_covariance_attention_matches_written_out_formula(tokens):
+    """XCA = softmax(tau * K_hat^T Q_hat) over channels, per head (XCiT eq. 2): outputs and
+    the gradients of the input and the temperature."""
     torch.manual_seed(0)
-    xca = CrossCovarianceAttention(16, num_heads=2).eval()
+    xca = CrossCovarianceAttention(16, num_heads=2).train()
     with torch.no_grad():
         xca.temperature.copy_(torch.tensor([0.7, 1.9]).view(2, 1, 1))
-    x = torch.randn(2, 10, 16)
+    x = torch.randn(2, tokens, 16, requires_grad=True)
     q, k, v = (_split(t, 2) for t in xca.qkv(x).chunk(3, -1))  # (B, h, N, d)
     qn = torch.nn.functional.normalize(q, dim=-2)  # unit norm along tokens
     kn = torch.nn.functional.normalize(k, dim=-2)
     attn = (qn.transpose(-2, -1) @ kn * xca.temperature).softmax(-1)  # (B, h, d, d)
     out = (attn @ v.transpose(-2, -1)).transpose(-2, -1)  # (B, h, N, d)
-    torch.testing.assert_close(xca(x), xca.proj(_merge(out)), atol=1e-5, rtol=1e-5)
+    expect = xca.proj(_merge(out))
+    g = torch.randn_like(expect)
+    gx_ref, gt_ref = torch.autograd.grad(expect, (x, xca.temperature), g)
+    got = xca(x)
+    torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+    gx, gt = torch.autograd.grad(got, (x, xca.temperature), g)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gt, gt_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_cross_covariance_attention_cost_is_linear_in_tokens():
