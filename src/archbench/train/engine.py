@@ -86,6 +86,7 @@ from ..data.base import DataBundle, ImageTensorDataset
 from ..data.loader import epoch_generator
 from ..data.stream import make_loader
 from ..data.transforms import BatchAugment, one_hot_smooth
+from ..layers.onednn_linear import onednn_linears
 from . import distributed as dist_
 from .callbacks import EMA, TrainState
 from .checkpoint import atomic_write_text, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -360,7 +361,8 @@ def fit(
     try:
         run = _Run(model, data, recipe, out, task, callbacks, max_seconds, progress, dctx)
         run.sync_bn = bool(sync_bn)
-        return run.run(resume)
+        with onednn_linears(model, recipe.onednn_linear):
+            return run.run(resume)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         if run is not None:

@@ -65,7 +65,9 @@ class Recipe:
     :mod:`archbench.train.tasks`) and ``task_args`` its arguments, both validated here.
     ``precision`` is the autocast of the training and validation steps (``fp32``: none;
     ``bf16``; ``fp16``, with a gradient scaler, on CUDA only); ``channels_last`` stores the
-    model and the input batches in NHWC order; ``compile`` trains ``torch.compile(model)``.
+    model and the input batches in NHWC order; ``compile`` trains ``torch.compile(model)``;
+    ``onednn_linear`` runs the model's ``nn.Linear`` layers, forward and backward, on
+    oneDNN on the CPU (:func:`archbench.layers.onednn_linear.onednn_linears`).
     The device is not part of the recipe: ``fit(..., device=)`` or ``archbench train
     --device`` (see docs/training.md, "Devices and precision").
     """
@@ -107,6 +109,7 @@ class Recipe:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    onednn_linear: bool = False
     seed: int = 0
     deterministic: bool = True
     checkpoint_every_steps: int = 0
@@ -198,7 +201,7 @@ class Recipe:
         d = dataclasses.asdict(self)
         if d["layer_decay"] == 1.0:  # off: recipes (and run keys) read as they did before it
             del d["layer_decay"]
-        for key in ("channels_last", "compile"):  # likewise when off
+        for key in ("channels_last", "compile", "onednn_linear"):  # likewise when off
             if not d[key]:
                 del d[key]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
