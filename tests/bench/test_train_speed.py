@@ -127,3 +127,25 @@ def test_bench_train_reports_utilization(capsys):
     print_bench_table([rec], 4)
     out = capsys.readouterr().out
     assert "train img/s" in out.splitlines()[0] and "peak" in out and "1x1 convolution" in out
+
+
+def test_bench_train_with_onednn_linears_counts_the_plain_model_flops(capsys):
+    """--onednn-linear times the steps with mixer_pico's nn.Linear layers on oneDNN, and
+    counts the FLOPs on the plain model (the counter does not know oneDNN's op), so the
+    count is the plain step's."""
+    from archbench.layers.packed_linear import onednn_linear_available
+    from archbench.models import create_model
+
+    if not onednn_linear_available()[0]:
+        pytest.skip(onednn_linear_available()[1])
+    (rec,) = bench_models(
+        ["mixer_pico"], 32, 4, repeats=2, throughput_seconds=0.05, train=True, onednn_linear=True
+    )
+    train = rec["train"]
+    model = create_model("mixer_pico", img_size=32)
+    assert train["onednn_linears"] == sum(type(m) is nn.Linear for m in model.modules()) > 0
+    torch.manual_seed(0)
+    plain = count_train_flops(model, (32, 32))["train_flops_per_image"]
+    assert train["train_flops_per_image"] == pytest.approx(plain)
+    print_bench_table([rec], 4)
+    assert "nn.Linear layers trained on oneDNN" in capsys.readouterr().out

@@ -61,6 +61,11 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("zero threads", ["resnet_pico", "--threads", "0"], r"--threads.*>= 1"),
         ("zero repeats", ["resnet_pico", "--repeats", "0"], r"--repeats.*>= 1"),
         ("--int8 without --optimized", ["resnet_pico", "--int8"], r"pass --optimized too"),
+        (
+            "--onednn-linear without --train",
+            ["resnet_pico", "--onednn-linear"],
+            r"pass --train too",
+        ),
         ("malformed --model-arg", ["resnet_pico", "--model-arg", "=3"], r"KEY=VALUE"),
         ("unknown --model-arg key", ["resnet_pico", "--model-arg", "nosuch=1"], r"'nosuch'"),
         (

@@ -14,6 +14,7 @@ from archbench.bench.train_speed import (
     measure_train_throughput,
     train_utilization,
 )
+from archbench.layers.onednn_linear import onednn_linears
 from archbench.models import create_model, get_model_card
 from archbench.optimize import optimize
 
@@ -74,7 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train",
         action="store_true",
         help="also time training steps (forward, backward, SGD) at --batch and report the "
-        "step's FLOP/s as a share of this machine's fp32 matrix-multiply rate",
+        "step's FLOP/s as a share of this machine's fp32 peak (matrix multiply or 1x1 conv)",
+    )
+    p.add_argument(
+        "--onednn-linear",
+        action="store_true",
+        help="with --train: the models' nn.Linear layers train on oneDNN (the recipe option "
+        "onednn_linear), opt-in",
     )
     p.add_argument("--out", help="also write the JSON records to this file")
     p.set_defaults(func=run_bench)
@@ -90,6 +97,7 @@ def bench_models(
     optimized: bool = False,
     train: bool = False,
     int8: bool = False,
+    onednn_linear: bool = False,
 ) -> list[dict]:
     """Measure every model in ``names``, built with its ``model_kwargs`` (and ``img_size``).
 
@@ -98,7 +106,8 @@ def bench_models(
     ``int8`` adds ``int8_linear=True`` to that call.
     With ``train``, training steps are timed at ``batch`` and their counted FLOPs set
     against the machine's fp32 dense-product peak (``measure_peak_flops``, measured
-    once), under the ``train`` key.
+    once), under the ``train`` key; ``onednn_linear`` times them with the models'
+    ``nn.Linear`` layers on oneDNN (``archbench.layers.onednn_linear.onednn_linears``).
     """
     for name in names:  # validate every name before measuring any
         get_model_card(name)
@@ -134,7 +143,9 @@ def bench_models(
                 model, rec, batch, repeats, throughput_seconds, int8
             )
         if peak is not None:
-            rec["train"] = _measure_train(model, rec, batch, throughput_seconds, peak)
+            rec["train"] = _measure_train(
+                model, rec, batch, throughput_seconds, peak, onednn_linear
+            )
         records.append(rec)
     return records
 
@@ -170,16 +181,25 @@ def _measure_optimized(
 
 
 def _measure_train(
-    model: torch.nn.Module, rec: dict, batch: int, seconds: float, peak: dict
+    model: torch.nn.Module,
+    rec: dict,
+    batch: int,
+    seconds: float,
+    peak: dict,
+    onednn_linear: bool = False,
 ) -> dict:
-    """Training images/s at ``batch``, the step's FLOPs and its share of the machine's peak."""
+    """Training images/s at ``batch``, the step's FLOPs and its share of the machine's peak.
+
+    With ``onednn_linear`` the steps run with the model's ``nn.Linear`` layers on oneDNN;
+    the FLOPs are counted on the plain model (the counter does not know oneDNN's op)."""
     h, w = rec["img_size"]
     if batch < 2:
         return {"refused": "a training step needs --batch >= 2 (batch statistics)"}
-    thr = measure_train_throughput(model, (h, w), batch=batch, min_seconds=seconds)
+    with onednn_linears(model, onednn_linear) as switched:
+        thr = measure_train_throughput(model, (h, w), batch=batch, min_seconds=seconds)
     flops = count_train_flops(model, (h, w))
     util = train_utilization(thr.images_per_s, flops["train_flops_per_image"], peak["flops_per_s"])
-    return {
+    out = {
         "images_per_s": thr.images_per_s,
         "detail": thr.to_dict(),
         **flops,
@@ -187,6 +207,9 @@ def _measure_train(
         "peak_flops_per_s": peak["flops_per_s"],
         "peak": peak,
     }
+    if onednn_linear:
+        out["onednn_linears"] = switched
+    return out
 
 
 def _rows(records: list[dict]) -> list[dict]:
@@ -241,6 +264,11 @@ def print_bench_table(records: list[dict], batch: int) -> None:
             f"(fp32, the faster of {peaks[0]['n']}x{peaks[0]['n']} torch.mm at "
             f"{peaks[0]['kernels']['mm'] / 1e9:.0f} and a {peaks[0]['conv_channels']}-channel "
             f"1x1 convolution at {peaks[0]['kernels']['conv1x1'] / 1e9:.0f})."
+            + (
+                " nn.Linear layers trained on oneDNN (--onednn-linear)."
+                if any("onednn_linears" in r.get("train", {}) for r in records)
+                else ""
+            )
         )
     print(
         f"\nCPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}; latency: batch 1, "
@@ -253,6 +281,8 @@ def run_bench(args: argparse.Namespace) -> int:
     kwargs = model_args_for(args.model_arg, args.models)
     if args.int8 and not args.optimized:
         raise ValueError("--int8 chooses what --optimized times; pass --optimized too")
+    if args.onednn_linear and not args.train:
+        raise ValueError("--onednn-linear chooses how --train trains; pass --train too")
     if args.threads:
         torch.set_num_threads(args.threads)
     records = bench_models(
@@ -264,6 +294,7 @@ def run_bench(args: argparse.Namespace) -> int:
         optimized=args.optimized,
         train=args.train,
         int8=args.int8,
+        onednn_linear=args.onednn_linear,
     )
     if args.out:
         with open(args.out, "w") as f:
