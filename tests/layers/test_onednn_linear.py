@@ -69,6 +69,16 @@ def test_other_dtypes_and_vectors_take_f_linear():
     assert y.dtype == torch.bfloat16  # autocast's F.linear, not the float32 kernel
 
 
+def test_compiled_code_takes_f_linear(monkeypatch):
+    """Under torch.compile the compiler chooses the kernels (Inductor cannot lower this
+    function's backward), so a traced call is plain F.linear."""
+    x, w = torch.randn(4, 6), torch.randn(3, 6, requires_grad=True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert type(onednn_linear(x, w).grad_fn).__name__ != "_OneDNNLinearFunctionBackward"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert type(onednn_linear(x, w).grad_fn).__name__ == "_OneDNNLinearFunctionBackward"
+
+
 def test_switch_keeps_parameters_and_puts_the_class_back():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), PackedLinear(16, 4))

@@ -74,6 +74,8 @@ class _OneDNNLinearFunction(torch.autograd.Function):
 
 
 def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # the compiler picks its own kernels (and Inductor
+        return False  # cannot lower this function's backward)
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.dim() < 2 or x.numel() == 0 or torch.is_autocast_enabled("cpu"):
@@ -85,8 +87,8 @@ def onednn_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with its forward and backward products on oneDNN
-    (float32 on the CPU, inputs of two or more dimensions); anything else is ``F.linear``.
-    Double backward is refused (``once_differentiable``)."""
+    (float32 on the CPU, inputs of two or more dimensions, outside ``torch.compile``);
+    anything else is ``F.linear``. Double backward is refused (``once_differentiable``)."""
     if not _applies(x, weight):
         return F.linear(x, weight, bias)
     return _OneDNNLinearFunction.apply(x, weight, bias)
