@@ -321,7 +321,6 @@ class _PassSize:
     ) -> None:
         self.chunk_size, self.batch_size = chunk_size, batch_size
         self.key = (*images.shape[1:], images.dtype)
-        self._measured_before = False
         self.per_image = _PER_IMAGE.get(model, {}).get(self.key)
 
     @property
@@ -330,7 +329,6 @@ class _PassSize:
 
     @contextmanager
     def watch(self, model: nn.Module, images: int):
-        self._measured_before = self.measured
         if self.measured:
             yield
             return
@@ -349,8 +347,9 @@ class _PassSize:
         return self._tuning(model).next_size(remaining)
 
     def timed(self, model: nn.Module, n: int, seconds: float) -> None:
-        """Report a pass of ``n`` images that took ``seconds`` (automatic chunks only)."""
-        if not self.chunk_size and self.per_image is not None and self._measured_before:
+        """Report a pass of ``n`` images that took ``seconds`` (automatic chunks only; the
+        caller leaves out the pass that measured the activation, whose hooks slow it)."""
+        if not self.chunk_size:
             self._tuning(model).record(n, seconds)
 
     def _tuning(self, model: nn.Module) -> _ChunkTuning:
@@ -587,11 +586,13 @@ def explain(
             part_targets = targets
             if per_image_targets is not None:
                 part_targets = per_image_targets[start : start + n]
+            measuring = size.per_image is None
             t0 = _now(images.device)
             parts.append(
                 _raw_maps(model, layer, images[start : start + n], part_targets, method, size)
             )
-            size.timed(model, n, _now(images.device) - t0)
+            if not measuring:
+                size.timed(model, n, _now(images.device) - t0)
             start += n
     maps = parts[0] if len(parts) == 1 else torch.cat(parts)
     if upsample:
