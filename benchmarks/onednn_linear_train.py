@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from archbench.bench import environment
 from archbench.bench.train_speed import (
@@ -53,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         torch.manual_seed(0)
         model = create_model(name, num_classes=10, img_size=32)
-        with onednn_linears(model) as switched:
-            pass
+        switched = sum(type(m) is nn.Linear for m in model.modules())  # what the switch takes
         flops = count_train_flops(model, 32)["train_flops_per_image"]
         times: dict[bool, list[float]] = {False: [], True: []}
         ratios = []
