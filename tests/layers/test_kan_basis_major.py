@@ -441,3 +441,59 @@ def test_default_weight_is_contiguous_for_lbfgs_and_parameters_to_vector(name):
     first = closure().item()
     opt.step(closure)
     assert closure().item() < first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_moving_the_basis_axis_copies_exactly(dtype, k):
+    """The identity-product re-layout equals the strided copy bit for bit (finite values)."""
+    from archbench.layers.kan import _basis_major, _basis_minor, _identity_product_ok
+
+    torch.manual_seed(k)
+    w = torch.randn(5, 7, k, dtype=dtype) * torch.logspace(-30, 30, k, dtype=dtype)
+    w[0, 0] = 0.0
+    assert _identity_product_ok(w)
+    bm = _basis_major(w)
+    assert bm.shape == (k, 5, 7) and bm.is_contiguous()
+    assert bm.data_ptr() != w.data_ptr() or k == 1
+    assert torch.equal(bm, w.permute(2, 0, 1))
+    back = _basis_minor(bm)
+    assert back.shape == w.shape and back.is_contiguous() and torch.equal(back, w)
+
+
+def test_reduced_matmul_precision_moves_the_basis_axis_by_copy():
+    from archbench.layers.kan import _basis_major, _identity_product_ok
+
+    w = torch.randn(3, 4, 5) * 1.234567
+    setting = torch.backends.mkldnn.matmul
+    before = setting.fp32_precision
+    for reduced in ("bf16", "tf32"):
+        try:
+            setting.fp32_precision = reduced
+            assert not _identity_product_ok(w)
+            assert _identity_product_ok(w.double())  # float64 GEMMs stay exact
+            assert torch.equal(_basis_major(w), w.permute(2, 0, 1))
+        finally:
+            setting.fp32_precision = before
+    assert _identity_product_ok(w) and not _identity_product_ok(w.half())
+
+
+@pytest.mark.parametrize("name", ["chebyshev", "jacobi"])
+def test_contiguous_weight_gets_its_gradient_in_its_own_layout(name):
+    """The fused backward hands a contiguous weight a contiguous gradient (no strided copy by
+    autograd), equal to the gradient of the same layer stored basis-major."""
+    fast = _layer(name, {}, n_in=6, n_out=4, basis_major_weight=True).float()
+    plain = _layer(name, {}, n_in=6, n_out=4).float()
+    plain.load_state_dict(fast.state_dict())
+    x = _x(7, (9, 6)).float()
+    seen = {}
+
+    def spy(grad):
+        seen["stride"] = grad.stride()
+        return grad
+
+    plain.weight.register_hook(spy)
+    fast(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    assert seen["stride"] == plain.weight.stride()
+    assert torch.equal(plain.weight.grad, fast.weight.grad.contiguous())
