@@ -47,14 +47,26 @@ def test_equals_a_1x1_convolution_with_its_gradients(bias, layout, matmul, monke
     assert ya.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
 
 
-@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
-def test_channels_last_input_takes_the_matrix_multiply_except_on_avx512(capability, monkeypatch):
+@pytest.mark.parametrize(
+    ("capability", "vendor"),
+    [
+        ("AVX2", "AuthenticAMD"),
+        ("AVX512", "AuthenticAMD"),
+        ("AVX512", "GenuineIntel"),
+        ("AVX2", "GenuineIntel"),
+        ("DEFAULT", ""),
+    ],
+)
+def test_channels_last_input_takes_the_matrix_multiply_except_on_avx512_amd(
+    capability, vendor, monkeypatch
+):
     ours, _ = _pair(True)
     used = []
     real_linear, real_conv = F.linear, F.conv2d
     monkeypatch.setattr(F, "linear", lambda *a, **k: used.append("linear") or real_linear(*a, **k))
     monkeypatch.setattr(F, "conv2d", lambda *a, **k: used.append("conv") or real_conv(*a, **k))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(mlp_module, "_cpu_vendor", lambda: vendor)
     mlp_module._cpu_matmul_preferred.cache_clear()
     try:
         x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
@@ -62,7 +74,8 @@ def test_channels_last_input_takes_the_matrix_multiply_except_on_avx512(capabili
         ours(x)
     finally:
         mlp_module._cpu_matmul_preferred.cache_clear()
-    assert used == ["conv" if capability == "AVX512" else "linear", "conv"]
+    amd512 = capability == "AVX512" and vendor == "AuthenticAMD"
+    assert used == ["conv" if amd512 else "linear", "conv"]
     assert matmul_preferred(torch.device("meta"))  # other devices: the matrix multiply
 
 
@@ -70,3 +83,9 @@ def test_conv_mlp_uses_it_and_keeps_conv_state_dict_names():
     mlp = ConvMlp(8, 16)
     assert isinstance(mlp.fc1, PointwiseConv) and isinstance(mlp.fc1, nn.Conv2d)
     assert mlp.state_dict()["fc1.weight"].shape == (16, 8, 1, 1)
+
+
+def test_cpu_vendor_reads_this_machines_cpuinfo():
+    with open("/proc/cpuinfo") as f:
+        want = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+    assert mlp_module._cpu_vendor() == want

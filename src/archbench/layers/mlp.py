@@ -67,21 +67,38 @@ class MlpHead(nn.Module):
         return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""``."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 @functools.cache
 def _cpu_matmul_preferred() -> bool:
-    return torch.backends.cpu.get_cpu_capability() != "AVX512"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return True
+    return _cpu_vendor() != "AuthenticAMD"
 
 
 def matmul_preferred(device: torch.device) -> bool:
     """Whether :class:`PointwiseConv` runs a channels-last 1x1 convolution as a matrix
-    multiply on ``device``: everywhere except CPUs whose PyTorch kernels use AVX512.
+    multiply on ``device``: everywhere except AMD CPUs with AVX512.
 
-    Measured on two CPUs (forward and backward, MetaFormer shapes at 224x224 batch 8 and
-    32x32 batch 64): on an AVX2 AMD EPYC the matrix multiply trained MetaFormer blocks
-    about 1.15x faster end to end than the convolution; on an AVX512 AMD EPYC oneDNN's
-    1x1 convolution was 1.9-2.4x faster than the matrix multiply at every shape, and the
-    matrix multiply left PoolFormerV2-S12 at 0.72x timm's inference speed (timm runs
-    these layers as convolutions).
+    The matrix multiply is MKL's GEMM, which takes its AVX512 code on Intel CPUs only;
+    oneDNN's 1x1 convolution uses AVX512 on both vendors. Measured on three CPUs (forward
+    and backward, MetaFormer shapes at 224x224 batch 8 and 32x32 batch 64): on an AVX2
+    AMD EPYC the matrix multiply trained MetaFormer blocks about 1.15x faster end to end
+    than the convolution; on an AVX512 AMD EPYC oneDNN's 1x1 convolution was 1.9-2.4x
+    faster than the matrix multiply at every shape, and the matrix multiply left
+    PoolFormerV2-S12 at 0.72x timm's inference speed (timm runs these layers as
+    convolutions); on an AVX512 Intel Xeon the convolution's backward took 2.9x the
+    matrix multiply's and left CAFormer-S18's training step at 32x32 at 0.72x timm's.
     """
     return device.type != "cpu" or _cpu_matmul_preferred()
 
