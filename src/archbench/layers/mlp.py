@@ -97,8 +97,9 @@ def matmul_preferred(device: torch.device) -> bool:
     than the convolution; on an AVX512 AMD EPYC oneDNN's 1x1 convolution was 1.9-2.4x
     faster than the matrix multiply at every shape, and the matrix multiply left
     PoolFormerV2-S12 at 0.72x timm's inference speed (timm runs these layers as
-    convolutions); on an AVX512 Intel Xeon the convolution's backward took 2.9x the
-    matrix multiply's and left CAFormer-S18's training step at 32x32 at 0.72x timm's.
+    convolutions); on an AVX512 Intel Xeon the convolution left CAFormer-S18's training
+    step at 32x32 at 0.72x timm's speed, and the matrix multiply brought it to 1.00x
+    (ConvFormer-S18 1.20x, PoolFormerV2-S12 1.48x; docs/performance.md).
     """
     return device.type != "cpu" or _cpu_matmul_preferred()
 
