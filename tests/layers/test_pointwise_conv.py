@@ -85,7 +85,15 @@ def test_conv_mlp_uses_it_and_keeps_conv_state_dict_names():
     assert mlp.state_dict()["fc1.weight"].shape == (16, 8, 1, 1)
 
 
-def test_cpu_vendor_reads_this_machines_cpuinfo():
-    with open("/proc/cpuinfo") as f:
-        want = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
-    assert mlp_module._cpu_vendor() == want
+def test_cpuinfo_field_reads_the_first_matching_line(tmp_path):
+    from archbench.layers.helpers import cpuinfo_field
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id_extra\t: no\nvendor_id\t: AuthenticAMD\n"
+        "model name\t: AMD EPYC 9R14: 96-Core\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n"
+    )
+    assert cpuinfo_field("vendor_id", str(info)) == "AuthenticAMD"
+    assert cpuinfo_field("model name", str(info)) == "AMD EPYC 9R14: 96-Core"
+    assert cpuinfo_field("flags", str(info)) == ""
+    assert cpuinfo_field("vendor_id", str(tmp_path / "missing")) == ""

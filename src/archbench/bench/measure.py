@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.helpers import cpuinfo_field
+
 __all__ = [
     "STABLE_RATIO",
     "LatencyResult",
@@ -51,14 +53,7 @@ __all__ = [
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:

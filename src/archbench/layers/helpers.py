@@ -7,6 +7,7 @@ import torch.nn as nn
 
 __all__ = [
     "add_residual_",
+    "cpuinfo_field",
     "init_kaiming_conv",
     "init_trunc_normal",
     "init_trunc_normal_linear",
@@ -71,3 +72,17 @@ def init_kaiming_conv(m: nn.Module) -> None:
     """
     if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta" and m.weight.numel() > 0:
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def cpuinfo_field(key: str, path: str = "/proc/cpuinfo") -> str:
+    """The first ``key : value`` line's value in Linux's CPU description (``"vendor_id"``,
+    ``"model name"``), or ``""`` where the file or the key is missing."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""

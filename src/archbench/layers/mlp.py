@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .act import create_act
+from .helpers import cpuinfo_field
 
 __all__ = ["ConvMlp", "Mlp", "MlpHead", "PointwiseConv", "matmul_preferred"]
 
@@ -69,14 +70,7 @@ class MlpHead(nn.Module):
 
 def _cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""``."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id")
 
 
 @functools.cache
