@@ -59,7 +59,7 @@ from timm_parity import CASES  # noqa: E402
 ALL_CASES = ("inf224", "train224", "train32")
 
 WORKER = r"""
-import collections, json, statistics, sys, time
+import collections, json, resource, statistics, sys, time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -140,14 +140,17 @@ def run_case(case):
         for s in steps.values():
             s()
     times = {lib: [] for lib in steps}
+    faults = {lib: [] for lib in steps}
     ratios = []
     for r in range(reps):
         order = ("timm", "archbench") if r % 2 == 0 else ("archbench", "timm")
         t = {}
         for lib in order:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             steps[lib]()
             t[lib] = time.perf_counter() - t0
+            faults[lib].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             times[lib].append(t[lib])
         ratios.append(t["timm"] / t["archbench"])
     med = {lib: statistics.median(v) for lib, v in times.items()}
@@ -160,6 +163,7 @@ def run_case(case):
         "paired_ratio": statistics.median(ratios),
         "ratio_min_max": [min(ratios), max(ratios)],
         "ratios": ratios,
+        "page_faults": {lib: statistics.median(v) for lib, v in faults.items()},
         "calls": {lib: sum(c.values()) for lib, c in calls.items()},
         "only_timm": dict(calls["timm"] - calls["archbench"]),
         "only_archbench": dict(calls["archbench"] - calls["timm"]),
@@ -295,7 +299,10 @@ def main() -> int:
             row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         rows.append(row)
         cells = [
-            f"{c} {row[c]['paired_ratio']:.2f}" if "paired_ratio" in row.get(c, {}) else f"{c} -"
+            f"{c} {row[c]['paired_ratio']:.2f} (faults {row[c]['page_faults']['timm']:.0f}"
+            f"/{row[c]['page_faults']['archbench']:.0f})"
+            if "paired_ratio" in row.get(c, {})
+            else f"{c} -"
             for c in args.cases.split(",")
         ]
         print(f"{ours:28s} " + "  ".join(cells), flush=True)

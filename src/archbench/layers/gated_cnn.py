@@ -52,8 +52,11 @@ class GatedCNNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.norm(x.permute(0, 2, 3, 1))  # NHWC
-        gate, keep, conv = torch.split(self.fc1(x), self.split, dim=-1)
+        # the normalized input dies as soon as fc1 has read it: held until fc2 (one more
+        # live activation), the block's peak moved the allocator's heap top, and glibc
+        # returned and re-faulted ~100 MB per 224x224 batch-8 forward (docs/performance.md)
+        x = self.fc1(self.norm(x.permute(0, 2, 3, 1)))  # NHWC
+        gate, keep, conv = torch.split(x, self.split, dim=-1)
         conv = self.conv(conv.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.fc2(self.act(gate) * torch.cat((keep, conv), dim=-1))
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
