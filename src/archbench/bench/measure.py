@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..allocator import freed_memory_retained
 from ..layers.helpers import cpuinfo_field
 
 __all__ = [
@@ -67,6 +68,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "freed_memory_retained": freed_memory_retained(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

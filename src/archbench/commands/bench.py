@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from archbench.allocator import retain_freed_memory
 from archbench.bench import environment, measure_latency, measure_model, measure_throughput
 from archbench.bench.train_speed import (
     count_train_flops,
@@ -82,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --train: the models' nn.Linear layers train on oneDNN (the recipe option "
         "onednn_linear), opt-in",
+    )
+    p.add_argument(
+        "--retain-heap",
+        action="store_true",
+        help="keep the memory freed tensors leave in the process (glibc malloc: no mmap, no "
+        "trim) so that later passes take no page faults; process-wide, for every model and "
+        "variant of the run (archbench.allocator.retain_freed_memory)",
     )
     p.add_argument("--out", help="also write the JSON records to this file")
     p.set_defaults(func=run_bench)
@@ -273,6 +281,7 @@ def print_bench_table(records: list[dict], batch: int) -> None:
     print(
         f"\nCPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}; latency: batch 1, "
         f"median of timed passes after warm-up; throughput and peak memory: batch {batch}, eval mode."
+        + (" Freed memory retained (--retain-heap)." if env.get("freed_memory_retained") else "")
     )
 
 
@@ -285,6 +294,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--onednn-linear chooses how --train trains; pass --train too")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.retain_heap:
+        retained = retain_freed_memory()
+        if not retained["applied"]:
+            raise ValueError(f"--retain-heap: {retained['reason']}")
     records = bench_models(
         args.models,
         args.img_size,
