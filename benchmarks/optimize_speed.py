@@ -18,7 +18,16 @@ timm comes from the peers venv (``bash /work/shared/peers/setup.sh`` makes
 ``/tmp/peers-venv``; the process runs there with archbench's ``src`` and
 ``/work/shared/peers/shim`` on ``PYTHONPATH``); without it the timm column is skipped.
 
+With ``--retain-heap`` every model is also timed in processes that call
+``archbench.retain_freed_memory()`` first (glibc keeps freed blocks, so a pass takes no
+page faults for memory the last one freed), ``--processes`` of each kind, alternating
+with default processes. The setting is process-wide, so timm runs under it too in those
+processes; ``across_processes`` sets timm's median in the default processes (timm as a
+user runs it) against each variant's median in the retained ones. Every variant's page
+faults per pass (``ru_minflt``) are recorded either way.
+
     .venv/bin/python benchmarks/optimize_speed.py [--reps 9] [--compile] [--models NAME ...]
+        [--retain-heap [--processes 2]]
 
 Writes ``benchmarks/results/optimize_speed.json``: per model, the median time of each
 variant (seconds per batch), the ratios eager / optimized, timm eager / optimized and
@@ -46,11 +55,13 @@ CASES = [  # (archbench name, timm name)
 ]
 
 WORKER = r"""
-import json, statistics, sys, time, torch
-ours, theirs, img, batch, reps, variants = sys.argv[1:7]
+import json, resource, statistics, sys, time, torch
+ours, theirs, img, batch, reps, variants, heap = sys.argv[1:8]
 img, batch, reps, variants = int(img), int(batch), int(reps), variants.split(",")
 torch.set_num_threads(2)
 import archbench
+if heap.startswith("retained"):
+    assert archbench.retain_freed_memory()["applied"]
 torch.manual_seed(0)
 base = archbench.create_model(ours, num_classes=1000).eval()
 example = torch.randn(batch, 3, img, img)  # optimize checks and chooses at the served batch
@@ -65,6 +76,8 @@ for v in variants:
               "int8": {"int8_linear": True}}.get(v, {})
         models[v] = archbench.optimize(base, example_input=example, **kw)
         reports[v] = models[v].optimize_report
+if heap.endswith("alone"):  # only the named variants run in this process
+    models = {v: m for v, m in models.items() if v in variants}
 x = torch.randn(batch, 3, img, img)
 if "int8" in models:  # how far int8 moves the outputs (random weights: logits may be ~0)
     with torch.inference_mode():
@@ -74,6 +87,7 @@ if "int8" in models:  # how far int8 moves the outputs (random weights: logits m
             reports["int8"][f"rel_l2_error_{part.strip('_')}"] = rel
 names = list(models)
 times = {v: [] for v in names}
+faults = {v: [] for v in names}
 with torch.inference_mode():
     for _ in range(3):
         for v in names:
@@ -81,25 +95,121 @@ with torch.inference_mode():
     for r in range(reps):
         k = r % len(names)
         for v in names[k:] + names[:k]:  # the order rotates every repetition
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             models[v](x)
             times[v].append(time.perf_counter() - t0)
-print(json.dumps({"times": times, "reports": reports}, default=str))
+            faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps({"times": times, "faults": faults, "reports": reports}, default=str))
 """
 
 
-def _run(python: str, ours: str, theirs: str, variants: list[str], args, env: dict) -> dict:
+def _run(
+    python: str, ours: str, theirs: str, variants: list[str], args, env: dict, heap: str
+) -> dict:
     cmd = [python, "-c", WORKER, ours, theirs, str(args.img), str(args.batch), str(args.reps)]
-    r = subprocess.run(cmd + [",".join(variants)], capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd + [",".join(variants), heap], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(f"{ours} failed:\n{r.stderr[-1500:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _summarize(runs: list[dict], variants: list[str], has_timm: bool) -> dict:
+    """Medians, within-process ratios and page faults of one heap setting's processes
+    (the repetitions of several processes are pooled, pairs kept within a process)."""
+    times = {v: [t for got in runs for t in got["times"][v]] for v in runs[0]["times"]}
+    rec: dict = {
+        "seconds": {v: statistics.median(ts) for v, ts in times.items()},
+        "all_seconds": times,
+        "page_faults": {
+            v: statistics.median(f for got in runs for f in got["faults"][v]) for v in times
+        },
+        "processes": len(runs),
+    }
+    for v in variants:
+        if v not in ("eager", "timm"):
+            rec[f"eager_over_{v}"] = _ratio(times, "eager", v)
+            if has_timm:
+                rec[f"timm_over_{v}"] = _ratio(times, "timm", v)
+            rec[f"{v}_report"] = runs[0]["reports"].get(v)
+    if has_timm:
+        rec["timm_over_eager"] = _ratio(times, "timm", "eager")
+    return rec
 
 
 def _ratio(times: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
     """Median (and range) over repetitions of time(a) / time(b): > 1 means b is faster."""
     per_rep = [p / q for p, q in zip(times[a], times[b])]
     return {"median": statistics.median(per_rep), "min": min(per_rep), "max": max(per_rep)}
+
+
+ALONE = [
+    ("timm", "default"),
+    ("eager", "default"),
+    ("optimized", "default"),
+    ("optimized", "retained"),
+    ("eager", "retained"),
+]
+
+
+def _alone(python: str, cases: list, args, env: dict, has_timm: bool) -> None:
+    """Each variant alone in its process, as a user serving one model runs it: a process
+    that holds several models keeps a larger heap, and its frees rarely reach the heap's
+    top, so it takes fewer page faults than a process with one model (the retained-heap
+    gain shows only here). Medians over the pooled repetitions of ``--processes``
+    processes per configuration; the configurations' processes alternate."""
+    configs = [c for c in ALONE if has_timm or c[0] != "timm"]
+    results = {}
+    for ours, theirs in cases:
+        runs: dict[str, list[dict]] = {f"{v}@{h}": [] for v, h in configs}
+        for i in range(args.processes):
+            for v, h in configs if i % 2 == 0 else configs[::-1]:
+                got = _run(python, ours, theirs, [v], args, env, f"{h}-alone")
+                runs[f"{v}@{h}"].append({"times": got["times"][v], "faults": got["faults"][v]})
+        rec = {
+            key: {
+                "seconds": statistics.median(t for r in got for t in r["times"]),
+                "process_medians": [statistics.median(r["times"]) for r in got],
+                "page_faults": statistics.median(f for r in got for f in r["faults"]),
+            }
+            for key, got in runs.items()
+        }
+        if has_timm:
+            rec["timm_default_over"] = {
+                key: rec["timm@default"]["seconds"] / rec[key]["seconds"]
+                for key in runs
+                if key != "timm@default"
+            }
+        results[ours] = rec
+        print(
+            f"{ours:24s} "
+            + "  ".join(
+                f"{k} {1e3 * r['seconds']:.0f} ms ({r['page_faults']:.0f} faults)"
+                for k, r in rec.items()
+                if k in runs
+            )
+            + "  |  timm/"
+            + "  ".join(f"{k} {x:.2f}" for k, x in rec.get("timm_default_over", {}).items()),
+            flush=True,
+        )
+    from archbench.bench import environment
+
+    out = {
+        "conditions": {
+            "img": args.img,
+            "batch": args.batch,
+            "threads": 2,
+            "reps": args.reps,
+            "processes": args.processes,
+            "timing": "one variant per process; configurations alternate process by process",
+            "weights": "random init, eval mode, torch.inference_mode",
+        },
+        "environment": environment(),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
@@ -111,6 +221,21 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time optimize(compile=True)")
     ap.add_argument("--no-int8", action="store_true", help="skip optimize(int8_linear=True)")
     ap.add_argument("--models", nargs="*", help="archbench names (default: the four cases)")
+    ap.add_argument(
+        "--retain-heap",
+        action="store_true",
+        help="also time every variant in processes that keep freed memory "
+        "(archbench.retain_freed_memory), alternating with default processes",
+    )
+    ap.add_argument(
+        "--processes", type=int, default=2, help="with --retain-heap: processes per setting"
+    )
+    ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="instead: one variant per process (timm eager, archbench eager and optimized, "
+        "default heap; optimized with the heap retained), --processes of each, alternating",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "optimize_speed.json"))
     args = ap.parse_args()
 
@@ -142,29 +267,41 @@ def main() -> None:
         python = args.peers_python
         env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), str(PEERS / "shim")])
     cases = [c for c in CASES if not args.models or c[0] in args.models]
+    if args.alone:
+        _alone(python, cases, args, env, has_timm)
+        return
+    heaps = ["default", "retained"] if args.retain_heap else ["default"]
     results = {}
     for ours, theirs in cases:
-        got = _run(python, ours, theirs, variants, args, env)
-        times = got["times"]
-        med = {v: statistics.median(ts) for v, ts in times.items()}
-
-        rec: dict = {"seconds": med, "all_seconds": times}
-        for v in variants:
-            if v not in ("eager", "timm"):
-                rec[f"eager_over_{v}"] = _ratio(times, "eager", v)
-                if has_timm:
-                    rec[f"timm_over_{v}"] = _ratio(times, "timm", v)
-                rec[f"{v}_report"] = got["reports"].get(v)
-        if has_timm:
-            rec["timm_over_eager"] = _ratio(times, "timm", "eager")
+        runs: dict[str, list[dict]] = {h: [] for h in heaps}
+        for i in range(args.processes if args.retain_heap else 1):
+            for heap in heaps if i % 2 == 0 else heaps[::-1]:  # alternating processes
+                runs[heap].append(_run(python, ours, theirs, variants, args, env, heap))
+        by_heap = {h: _summarize(got, variants, has_timm) for h, got in runs.items()}
+        rec = by_heap["default"]
+        if args.retain_heap:
+            rec["retained_heap"] = by_heap["retained"]
+            timm_default = rec["seconds"].get("timm")
+            rec["across_processes"] = {
+                f"timm_default_over_{v}_retained": timm_default / t
+                for v, t in by_heap["retained"]["seconds"].items()
+                if timm_default
+            }
         results[ours] = rec
-        line = "  ".join(f"{v} {1e3 * s:7.1f} ms" for v, s in med.items())
-        ratios = "  ".join(
-            f"{k} {r['median']:.2f}"
-            for k, r in rec.items()
-            if k.startswith(("eager_over", "timm_over"))
-        )
-        print(f"{ours:24s} {line}  |  {ratios}", flush=True)
+        for h, r in by_heap.items():
+            line = "  ".join(f"{v} {1e3 * t:7.1f} ms" for v, t in r["seconds"].items())
+            ratios = "  ".join(
+                f"{k} {x['median']:.2f}"
+                for k, x in r.items()
+                if k.startswith(("eager_over", "timm_over"))
+            )
+            print(f"{ours:24s} [{h}] {line}  |  {ratios}", flush=True)
+        if args.retain_heap:
+            print(
+                f"{ours:24s} "
+                + "  ".join(f"{k} {x:.2f}" for k, x in rec["across_processes"].items()),
+                flush=True,
+            )
     out = {
         "conditions": {
             "img": args.img,
@@ -181,6 +318,11 @@ def main() -> None:
             "quantized per call)"
             if "int8" in variants
             else f"not timed: {'--no-int8' if int8_ok else int8_why}",
+            "heap": "default and retained (retain_freed_memory) processes, alternating; "
+            "across_processes: timm's median in default processes over each variant's in "
+            "retained ones"
+            if args.retain_heap
+            else "glibc malloc defaults",
             "load_avg_start": load_start,
             "load_avg_end": list(os.getloadavg()),
         },

@@ -10,14 +10,13 @@ the 2-core Xeon of ``docs/performance.md`` a 224x224 batch-8 forward of timm's o
 archbench's mambaout_femto took 16,000-41,000 minor faults (65-165 MB), resnet50 about
 62,000 and mixer_b16_224 about 112,000, at about 2 us each: 10-20% of the forward, and
 different from one process to the next (which blocks land at the heap's top depends on
-the order of earlier allocations), which is also why two processes timing the same model
-disagreed by more than the differences being measured.
+the order of earlier allocations).
 
 :func:`retain_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (every block comes from the
 heap) and ``M_TRIM_THRESHOLD`` to its maximum (the heap is never trimmed): memory freed
 by one batch is reused by the next without a fault. The cost is that the process keeps
-its peak heap: resident memory stays at the high-water mark (measured +16-66 MB on those
-models) instead of falling between batches. It is process-wide, so it is opt-in:
+its peak heap: resident memory stays at the high-water mark (peak resident memory 0-66 MB
+higher on those models) instead of falling between batches. It is process-wide, so it is opt-in:
 ``archbench bench --retain-heap``, or one call before serving. ``retain_freed_memory(False)``
 puts glibc's default limits back and trims the heap (glibc's dynamic raising of the mmap
 threshold stays off after any ``mallopt``).
