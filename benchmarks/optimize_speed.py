@@ -192,6 +192,18 @@ def _alone(python: str, cases: list, args, env: dict, has_timm: bool) -> None:
             + "  ".join(f"{k} {x:.2f}" for k, x in rec.get("timm_default_over", {}).items()),
             flush=True,
         )
+    _write(
+        args,
+        {
+            "processes": args.processes,
+            "timing": "one variant per process; configurations alternate process by process",
+        },
+        results,
+    )
+
+
+def _write(args, conditions: dict, results: dict) -> None:
+    """The run's JSON: the common conditions, the mode's own, the environment, results."""
     from archbench.bench import environment
 
     out = {
@@ -200,9 +212,8 @@ def _alone(python: str, cases: list, args, env: dict, has_timm: bool) -> None:
             "batch": args.batch,
             "threads": 2,
             "reps": args.reps,
-            "processes": args.processes,
-            "timing": "one variant per process; configurations alternate process by process",
             "weights": "random init, eval mode, torch.inference_mode",
+            **conditions,
         },
         "environment": environment(),
         "results": results,
@@ -241,7 +252,6 @@ def main() -> None:
 
     import torch
 
-    from archbench.bench import environment
     from archbench.layers.int8_linear import int8_linear_available
     from archbench.optimize import bf16_supported
 
@@ -302,37 +312,25 @@ def main() -> None:
                 + "  ".join(f"{k} {x:.2f}" for k, x in rec["across_processes"].items()),
                 flush=True,
             )
-    out = {
-        "conditions": {
-            "img": args.img,
-            "batch": args.batch,
-            "threads": 2,
-            "reps": args.reps,
-            "warmup": 3,
-            "timing": "one process per model holds every variant; each repetition times each "
-            "variant once, the order rotating; ratios are medians of per-repetition ratios",
-            "weights": "random init, eval mode, torch.inference_mode",
-            "bf16": "timed" if bf16_ok else f"not timed: {bf16_why}",
-            "compile": "timed, compile time excluded" if args.compile else "not timed",
-            "int8": "timed (optimize int8_linear=True: int8 weights per channel, activations "
-            "quantized per call)"
-            if "int8" in variants
-            else f"not timed: {'--no-int8' if int8_ok else int8_why}",
-            "heap": "default and retained (retain_freed_memory) processes, alternating; "
-            "across_processes: timm's median in default processes over each variant's in "
-            "retained ones"
-            if args.retain_heap
-            else "glibc malloc defaults",
-            "load_avg_start": load_start,
-            "load_avg_end": list(os.getloadavg()),
-        },
-        "environment": environment(),
-        "results": results,
+    conditions = {
+        "warmup": 3,
+        "timing": "one process per model holds every variant; each repetition times each "
+        "variant once, the order rotating; ratios are medians of per-repetition ratios",
+        "bf16": "timed" if bf16_ok else f"not timed: {bf16_why}",
+        "compile": "timed, compile time excluded" if args.compile else "not timed",
+        "int8": "timed (optimize int8_linear=True: int8 weights per channel, activations "
+        "quantized per call)"
+        if "int8" in variants
+        else f"not timed: {'--no-int8' if int8_ok else int8_why}",
+        "heap": "default and retained (retain_freed_memory) processes, alternating; "
+        "across_processes: timm's median in default processes over each variant's in "
+        "retained ones"
+        if args.retain_heap
+        else "glibc malloc defaults",
+        "load_avg_start": load_start,
+        "load_avg_end": list(os.getloadavg()),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    _write(args, conditions, results)
 
 
 if __name__ == "__main__":
