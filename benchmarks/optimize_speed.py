@@ -24,10 +24,14 @@ page faults for memory the last one freed), ``--processes`` of each kind, altern
 with default processes. The setting is process-wide, so timm runs under it too in those
 processes; ``across_processes`` sets timm's median in the default processes (timm as a
 user runs it) against each variant's median in the retained ones. Every variant's page
-faults per pass (``ru_minflt``) are recorded either way.
+faults per pass (``ru_minflt``) are recorded either way. With ``--alone`` each
+configuration (timm eager; archbench eager and optimized, default heap; both with the heap
+retained) runs alone in its process instead, as a user serving one model runs it,
+``--processes`` of each, alternating; the JSON then holds each configuration's median,
+its per-process medians and faults, and timm's default median over each.
 
     .venv/bin/python benchmarks/optimize_speed.py [--reps 9] [--compile] [--models NAME ...]
-        [--retain-heap [--processes 2]]
+        [--retain-heap | --alone] [--processes 2]
 
 Writes ``benchmarks/results/optimize_speed.json``: per model, the median time of each
 variant (seconds per batch), the ratios eager / optimized, timm eager / optimized and
@@ -239,7 +243,10 @@ def main() -> None:
         "(archbench.retain_freed_memory), alternating with default processes",
     )
     ap.add_argument(
-        "--processes", type=int, default=2, help="with --retain-heap: processes per setting"
+        "--processes",
+        type=int,
+        default=2,
+        help="with --retain-heap or --alone: processes per setting",
     )
     ap.add_argument(
         "--alone",
