@@ -252,7 +252,7 @@ def main() -> None:
         "--alone",
         action="store_true",
         help="instead: one variant per process (timm eager, archbench eager and optimized, "
-        "default heap; optimized with the heap retained), --processes of each, alternating",
+        "each with the default and the retained heap), --processes of each, alternating",
     )
     ap.add_argument("--out", default=str(HERE / "results" / "optimize_speed.json"))
     args = ap.parse_args()
