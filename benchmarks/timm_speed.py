@@ -30,12 +30,17 @@ Each case also records the operator calls of one step of each model (counted by 
 ``TorchDispatchMode``) that the other model does not make: a structural difference
 (an extra copy, a missing in-place op) shows there, whatever the timings say.
 
+``--retain-heap`` calls ``archbench.retain_freed_memory()`` at the start of every process:
+glibc then keeps freed memory instead of trimming it, so neither model's steps take the
+page faults of re-growing the heap (``docs/performance.md``, "Page faults"). Both models
+share the process, so the setting applies to both alike.
+
 The process runs in the peers venv (``/work/shared/peers``; ``bash setup.sh`` makes
 ``/tmp/peers-venv``), with archbench's ``src`` on ``PYTHONPATH``; the benchmark skips
 cleanly when the venv is absent.
 
     .venv/bin/python benchmarks/timm_speed.py [--only resnet50 ...] [--cases inf224,train32]
-        [--reps 7] [--threads 2]
+        [--reps 7] [--threads 2] [--retain-heap]
 
 Writes ``benchmarks/results/timm_speed.json``.
 """
@@ -63,11 +68,14 @@ import collections, json, resource, statistics, sys, time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-timm_name, ours, side, cases, reps, threads = sys.argv[1:7]
+timm_name, ours, side, cases, reps, threads, retain = sys.argv[1:8]
 side, reps, threads = int(side), int(reps), int(threads)
 torch.set_num_threads(threads)
 import timm
 import archbench
+
+if retain == "1":  # both models share the process, so both run on the retained heap
+    assert archbench.retain_freed_memory()["applied"]
 
 
 class Calls(TorchDispatchMode):
@@ -245,6 +253,7 @@ def _write(args: argparse.Namespace, rows: list, t_start: float, load_before) ->
         "conditions": {
             "threads": args.threads,
             "reps": args.reps,
+            "retained_heap": args.retain_heap,
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg(),
             "wall_s": time.time() - t_start,
@@ -266,6 +275,12 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(ALL_CASES))
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions per library")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--retain-heap",
+        action="store_true",
+        help="call archbench.retain_freed_memory() in every process (glibc keeps freed "
+        "memory: no page faults from trimmed heaps, for both libraries' models alike)",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "timm_speed.json"))
     args = ap.parse_args()
     unknown = set(args.cases.split(",")) - set(ALL_CASES)
@@ -290,7 +305,10 @@ def main() -> int:
             continue
         cmd = [args.peers_python, "-c", WORKER, timm_name, ours, str(side), args.cases]
         proc = subprocess.run(
-            cmd + [str(args.reps), str(args.threads)], env=env, capture_output=True, text=True
+            cmd + [str(args.reps), str(args.threads), "1" if args.retain_heap else "0"],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         row: dict = {"timm": timm_name, "archbench": ours}
         if proc.returncode:

@@ -69,7 +69,6 @@ class Res2NetBottleneck(nn.Module):
         nn.init.zeros_(self.conv3.norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         splits = torch.split(self.conv1(x), self.width, 1)
         outs = []
         y = splits[0]
@@ -80,6 +79,9 @@ class Res2NetBottleneck(nn.Module):
             last = splits[-1]
             outs.append(self.pool(last) if self.pool is not None else last)
         y = self.attn(self.conv3(torch.cat(outs, 1)))
+        del splits, outs
+        # the projected shortcut is made last, so it is not held through the branch
+        shortcut = x if self.downsample is None else self.downsample(x)
         return self.act(add_residual_(self.drop_path(y), shortcut))
 
 

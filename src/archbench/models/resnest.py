@@ -105,8 +105,8 @@ class ResNeStBottleneck(nn.Module):
         self.act = nn.ReLU(inplace=True)  # on the residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         y = self.conv3(self.avd(self.conv2(self.conv1(x))))
+        shortcut = x if self.downsample is None else self.downsample(x)  # after the branch
         return self.act(add_residual_(self.drop_path(y), shortcut))
 
 
