@@ -85,13 +85,6 @@ def _finish(block: nn.Module, out: int, opts: BlockOptions, drop_path: float) ->
     )
 
 
-def _block_shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's shortcut, made after the main branch (as timm does): made before it, a
-    projected shortcut stays allocated through the branch's convolutions, which changes
-    which freed blocks reach the heap top and costs page faults (docs/performance.md)."""
-    return x if block.downsample is None else block.downsample(x)
-
-
 def _residual(
     block: nn.Module, x_in: torch.Tensor, y: torch.Tensor, shortcut: torch.Tensor
 ) -> torch.Tensor:
@@ -137,7 +130,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.act2(_residual(self, x, y, _block_shortcut(self, x)))
+        shortcut = x if self.downsample is None else self.downsample(x)  # after the branch
+        return self.act2(_residual(self, x, y, shortcut))
 
 
 class Bottleneck(nn.Module):
@@ -183,7 +177,8 @@ class Bottleneck(nn.Module):
         y = self.act1(self.bn1(self.conv1(x)))
         y = self.act2(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.act3(_residual(self, x, y, _block_shortcut(self, x)))
+        shortcut = x if self.downsample is None else self.downsample(x)  # after the branch
+        return self.act3(_residual(self, x, y, shortcut))
 
 
 def _zero_norm(norm: nn.Module) -> None:
