@@ -239,6 +239,20 @@ def test_compile_in_place_keeps_outputs():
         _close(fast(x), seq.eval()(x))
 
 
+def test_compile_with_packed_linear_layers():
+    # oneDNN-packed linear layers under torch.compile: the compiler gets the plain layer
+    # (a packed weight as a graph input fails Inductor's lowering of the oneDNN kernel)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 5)).eval()
+    x = torch.randn(4, 3, 2, 2)
+    fast = optimize(model, onednn_linear=True, compile=True, example_input=x)
+    assert fast.optimize_report["steps"] == ["onednn_linear", "compile"]
+    assert {type(m) for m in fast.modules() if isinstance(m, nn.Linear)} == {PackedLinear}
+    with torch.no_grad():
+        _close(fast(x), model(x))
+        _close(fast(x + 1), model(x + 1))
+
+
 def test_outputs_match_rule():
     ref = torch.tensor([1.0, -2.0])  # allowed: 1e-4 + 1e-4 * 2 = 3e-4
     assert outputs_match(ref + torch.tensor([0.0, 2.9e-4]), ref, 1e-4, 1e-4)[0]

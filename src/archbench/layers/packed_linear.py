@@ -86,6 +86,11 @@ class PackedLinear(nn.Linear):
         return y
 
     def _can_pack(self, x: torch.Tensor) -> bool:
+        # under torch.compile the packed weight would be a graph input, which Inductor's
+        # lowering of the oneDNN kernel refuses (it packs constant weights itself when
+        # freezing): the compiler gets the plain linear layer
+        if torch.compiler.is_compiling():
+            return False
         w = self.weight
         if x.device.type != "cpu" or w.device.type != "cpu" or x.dim() < 2:
             return False
