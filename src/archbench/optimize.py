@@ -31,7 +31,7 @@ that computes the same function within a stated tolerance, faster on CPU:
    ``docs/performance.md``), so it is checked against the looser :data:`INT8_TOLERANCE`
    and never on by default. It replaces the oneDNN linear step.
 7. **torch.compile** (``compile=True``), in place (``nn.Module.compile``), so the model
-   keeps its class and methods.
+   keeps its class and methods. A ``PackedLinear`` compiles as a plain linear layer.
 
 Which Conv2d feeds which BatchNorm2d is found from the data flow of one traced forward
 pass, not from attribute names: forward hooks record each convolution's output and each

@@ -53,7 +53,8 @@ class PackedLinear(nn.Linear):
     ``gelu(x @ W^T + b)``. The packed weight is built on the first call (for that call's
     number of rows) and rebuilt when the weight changes; it is not part of the state dict
     and is dropped by ``copy.deepcopy`` and pickling. Any call that needs autograd, or a
-    tensor that is not float32 on the CPU, takes the plain ``F.linear`` path.
+    tensor that is not float32 on the CPU, takes the plain ``F.linear`` path, and so does
+    a call traced by ``torch.compile``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act: str = "none"):
