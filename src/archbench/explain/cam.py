@@ -240,11 +240,14 @@ _PER_IMAGE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.Wea
 # alone does not see a model whose largest outputs are few (resnet18 at 224x224, 3 MiB
 # only at its stem, gained 1.1-1.4x from 2-8 images per pass) nor one just past the
 # budget (resnet_pico at 224x224 ran 7% faster at 2 images than at 1 and 1.5x slower at
-# 4). Every size is timed on its second pass: the first pass at a new batch size also
-# sets up that size's kernels. Passes are real work (their maps are kept), and the state
-# is kept per model and input like the measurement, so a tuning that one call's images
-# do not finish goes on in the next call.
+# 4). Every size is timed on its second and third passes, and the faster of the two
+# counts: the first pass at a new batch size also sets up that size's kernels, and one
+# timed pass could be slowed by something else (on an Intel Xeon a single timing once
+# kept resnet18 at 1 image per pass, 25% slower per image than at 4). Passes are real
+# work (their maps are kept), and the state is kept per model and input like the
+# measurement, so a tuning that one call's images do not finish goes on in the next call.
 TUNE_MARGIN = 0.05
+TIMED_PASSES = 2
 _clock = time.perf_counter
 
 
@@ -263,6 +266,7 @@ class _ChunkTuning:
         self.best_per_image = float("inf")
         self.trying = start  # the size being timed
         self.passes = 0  # passes at ``trying`` so far (the first one is not timed)
+        self.trying_per_image = float("inf")  # its fastest timed pass, per image
         self.done = False
 
     def next_size(self, remaining: int) -> int:
@@ -276,10 +280,12 @@ class _ChunkTuning:
         self.passes += 1
         if self.passes < 2:
             return
-        per_image = seconds / n
+        per_image = self.trying_per_image = min(self.trying_per_image, seconds / n)
+        if self.passes < 1 + TIMED_PASSES:
+            return
         if per_image < self.best_per_image * (1 - TUNE_MARGIN):
             self.best, self.best_per_image = n, per_image
-            self.trying, self.passes = 2 * n, 0
+            self.trying, self.passes, self.trying_per_image = 2 * n, 0, float("inf")
         else:
             self.done = True
 
@@ -554,7 +560,8 @@ def explain(
     1 image per pass for resnet_pico or resnet18 at 224x224, 64 for resnet_pico at
     32x32); the measurement is kept per model and input size. An automatic chunk is
     then tuned by timing the passes themselves: twice as many images per pass while that
-    is more than ``TUNE_MARGIN`` (5%) faster per image, each size timed on its second pass;
+    is more than ``TUNE_MARGIN`` (5%) faster per image, each size timed on its second and
+    third passes (the faster counts);
     the search and its result are kept per model and input size too (timings on a busy
     machine can settle it on a slower size, never on a wrong map: every size gives the
     same maps). Upsampling and normalisation run once over all maps.
