@@ -16,10 +16,19 @@ A last row times the rational basis as KAT uses it: ``KANLinear(192, 768, basis=
 on (64, 64, 192) tokens against ``nn.Linear(192, 768)``.
 
 Goals: KAN within 3x of the equal-parameter layer (``KANLinear`` at most 1.5x), and at
-least 5x faster than unfold. ``docs/kan.md`` keeps the last table and where each basis stands.
+least 5x faster than unfold.
+
+Peer: pykan's ``KANLayer`` (the KAN paper's library), B-splines of order 3 on 5 grid
+intervals of [-1, 1] with a SiLU base branch, against ``KANLinear(basis="bspline")`` of
+the same shape and grid, its weights set from the pykan layer's (``coef * scale_sp`` and
+``scale_base``) so that both compute the same function (the largest output difference is
+recorded). Both run forward+backward, alternating, in one process of the peer venv
+(``bash ../shared/peers/setup.sh`` makes ``/tmp/peers-venv``; archbench's ``src`` on
+``PYTHONPATH``); skipped, with the reason in the JSON, when that venv is absent or with
+``--no-peer``. ``docs/kan.md`` keeps the last table and where each basis stands.
 
 Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]
-[--no-conv] [--no-unfold]``. Writes ``benchmarks/results/kan_speed.json`` (every ratio of one
+[--no-conv] [--no-unfold] [--no-peer] [--peer-venv DIR]``. Writes ``benchmarks/results/kan_speed.json`` (every ratio of one
 run, under ``ratios``, with the load average before and after) and prints a summary table.
 """
 
@@ -29,6 +38,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +50,77 @@ from archbench.bench.measure import environment
 from archbench.layers.kan import KANConv2d, KANLinear, unfold_kan_conv2d
 from archbench.layers.kan_basis import BASES
 
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT.parent / "shared" / "peers"
 BATCH = 64
 IMG = 32
 CONV_CH = 16
 LIN_IN, LIN_OUT = 3 * IMG * IMG, 64
 BASIS_MAJOR = False  # --basis-major-weight
+
+
+PYKAN_CODE = r"""
+import json, statistics, sys, time, torch
+from kan import KANLayer
+from archbench.layers.kan import KANLinear
+n_in, n_out, batch, repeats, warmup, threads = (int(v) for v in sys.argv[1:7])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+peer = KANLayer(in_dim=n_in, out_dim=n_out, num=5, k=3, grid_range=[-1, 1])
+ours = KANLinear(n_in, n_out, basis="bspline", grid_size=5, spline_order=3, grid_range=(-1.0, 1.0))
+with torch.no_grad():  # the same function: pykan's (in, out, K) coefficients times scale_sp
+    ours.weight.copy_((peer.coef * peer.scale_sp[:, :, None] * peer.mask[:, :, None]).permute(1, 0, 2))
+    ours.base_weight.copy_((peer.scale_base * peer.mask).t())
+grid_diff = float((peer.grid - ours.basis.grid).abs().max())
+x = torch.rand(batch, n_in) * 2 - 1
+with torch.no_grad():
+    out_diff = float((peer(x)[0] - ours(x)).abs().max())
+def step(fn):
+    xx = x.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    out = fn(xx)
+    (out[0] if isinstance(out, tuple) else out).square().mean().backward()
+    dt = time.perf_counter() - t0
+    peer.zero_grad(set_to_none=True); ours.zero_grad(set_to_none=True)
+    return dt * 1e3
+tp, to = [], []
+for i in range(warmup + repeats):
+    pair = ((peer, tp), (ours, to)) if i % 2 else ((ours, to), (peer, tp))
+    for fn, ts in pair:
+        dt = step(fn)
+        if i >= warmup:
+            ts.append(dt)
+print(json.dumps({"layer": f"{n_in}->{n_out}, batch {batch}, B-splines k=3 on 5 intervals of [-1, 1]",
+    "pykan_ms": statistics.median(tp), "archbench_ms": statistics.median(to),
+    "pykan_over_archbench": statistics.median(p / o for p, o in zip(tp, to)),
+    "pykan_params": sum(p.numel() for p in peer.parameters() if p.requires_grad),
+    "archbench_params": sum(p.numel() for p in ours.parameters()),
+    "max_abs_output_diff": out_diff, "grid_max_abs_diff": grid_diff,
+    "threads": threads, "rounds": repeats, "warmup": warmup}))
+"""
+
+
+def peer_pykan(venv: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """pykan's KANLayer against KANLinear on the same B-spline function (see the docstring)."""
+    python = Path(venv) / "bin" / "python"
+    if not python.exists():
+        return {"skipped": f"no peer venv at {venv} (run {PEERS / 'setup.sh'})"}
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    args = [LIN_IN, LIN_OUT, BATCH, repeats, warmup, threads]
+    run = subprocess.run(
+        [str(python), "-c", PYKAN_CODE, *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if run.returncode:
+        tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"skipped": f"peer run failed: {tail[0]}"}
+    row = json.loads(run.stdout.strip().splitlines()[-1])
+    print(
+        f"pykan KANLayer vs KANLinear(bspline) {row['layer']}: pykan {row['pykan_ms']:.1f} ms, "
+        f"ours {row['archbench_ms']:.1f} ms, x{row['pykan_over_archbench']:.2f} "
+        f"(outputs differ by {row['max_abs_output_diff']:.2g})",
+        flush=True,
+    )
+    return row
 
 
 class _Unfold(nn.Module):
@@ -209,6 +285,8 @@ def main() -> None:
         action="store_true",
         help="replace only these bases' rows in an existing output file (keep the others)",
     )
+    ap.add_argument("--no-peer", action="store_true", help="skip the pykan comparison")
+    ap.add_argument("--peer-venv", default="/tmp/peers-venv")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kan_speed.json"))
     args = ap.parse_args()
     if args.threads:
@@ -223,6 +301,12 @@ def main() -> None:
     BASIS_MAJOR = args.basis_major_weight
     rows = run(args.bases, device, args.warmup, args.repeats, not args.no_unfold, not args.no_conv)
     kat_row = run_kat_tokens(device, args.warmup, args.repeats)
+    if args.no_peer:
+        peer_row: dict[str, Any] = {"skipped": "--no-peer"}
+    elif device.type != "cpu":
+        peer_row = {"skipped": "the peer venv has the CPU build of torch"}
+    else:
+        peer_row = peer_pykan(args.peer_venv, torch.get_num_threads(), args.repeats, args.warmup)
     result = {
         "conditions": {
             **environment(device),
@@ -254,6 +338,7 @@ def main() -> None:
         },
         "rows": rows,
         "kat_tokens": kat_row,
+        "peer_pykan": peer_row,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
