@@ -28,8 +28,10 @@ recorded). Both run forward+backward, alternating, in one process of the peer ve
 ``--no-peer``. ``docs/kan.md`` keeps the last table and where each basis stands.
 
 Run: ``.venv/bin/python benchmarks/kan_speed.py [--threads N] [--repeats N] [--device D]
-[--no-conv] [--no-unfold] [--no-peer] [--peer-venv DIR]``. Writes ``benchmarks/results/kan_speed.json`` (every ratio of one
-run, under ``ratios``, with the load average before and after) and prints a summary table.
+[--no-conv] [--no-unfold] [--no-peer] [--peer-venv DIR]``. Writes
+``benchmarks/results/kan_speed.json`` (every ratio of one run, under ``ratios``, with the
+load average before and after, and the pykan row under ``peer_pykan``) and prints a
+summary table.
 """
 
 from __future__ import annotations
