@@ -32,11 +32,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from peer_venv import DEFAULT_VENV, run_snippet
 
 from archbench.bench import environment
 from archbench.bench.measure import count_flops
@@ -51,8 +51,6 @@ from archbench.explain.cam import (
 from archbench.models import create_model
 
 HEAVY = ("scorecam", "ablationcam")
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT.parent / "shared" / "peers"
 
 PEER_CODE = r"""
 import json, statistics, sys, time, torch
@@ -156,20 +154,13 @@ def cam_arithmetic(model, size: int) -> dict:
 
 
 def peer_gradcam(args, threads: int) -> list[dict] | dict:
-    python = Path(args.peer_venv) / "bin" / "python"
-    if not python.exists():
-        return {"skipped": f"no peer venv at {args.peer_venv} (run {PEERS / 'setup.sh'})"}
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{PEERS / 'shim'}")
     rows = []
     for name in args.models:
         for size, n in ((32, args.images), (224, args.images_224)):
-            cmd = [str(python), "-c", PEER_CODE, name, str(size), str(n), str(args.rounds)]
-            cmd.append(str(threads))
-            run = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if run.returncode:
-                tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
-                return {"skipped": f"peer run failed: {tail[0]}"}
-            row = json.loads(run.stdout.strip().splitlines()[-1])
+            snippet_args = [name, size, n, args.rounds, threads]
+            row = run_snippet(args.peer_venv, PEER_CODE, snippet_args, shim=True)
+            if "skipped" in row:
+                return row
             rows.append(row)
             print(
                 f"[{threads} thr] Grad-CAM vs pytorch-grad-cam {name} {size}: peer "
@@ -336,7 +327,7 @@ def main() -> None:
         default=[1],
         help="thread counts that also time every method (the others: peer and pass sweep)",
     )
-    parser.add_argument("--peer-venv", default="/tmp/peers-venv")
+    parser.add_argument("--peer-venv", default=DEFAULT_VENV)
     parser.add_argument("--skip", nargs="*", default=[], choices=["methods", "passes", "peer"])
     parser.add_argument("--out", default="benchmarks/results/explain_speed.json")
     args = parser.parse_args()

@@ -40,20 +40,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from peer_venv import DEFAULT_VENV, run_snippet
 
 from archbench.bench.measure import environment
 from archbench.layers.kan import KANConv2d, KANLinear, unfold_kan_conv2d
 from archbench.layers.kan_basis import BASES
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT.parent / "shared" / "peers"
 BATCH = 64
 IMG = 32
 CONV_CH = 16
@@ -104,24 +102,14 @@ print(json.dumps({"layer": f"{n_in}->{n_out}, batch {batch}, B-splines k=3 on 5 
 
 def peer_pykan(venv: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
     """pykan's KANLayer against KANLinear on the same B-spline function (see the docstring)."""
-    python = Path(venv) / "bin" / "python"
-    if not python.exists():
-        return {"skipped": f"no peer venv at {venv} (run {PEERS / 'setup.sh'})"}
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    args = [LIN_IN, LIN_OUT, BATCH, repeats, warmup, threads]
-    run = subprocess.run(
-        [str(python), "-c", PYKAN_CODE, *map(str, args)], capture_output=True, text=True, env=env
-    )
-    if run.returncode:
-        tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"skipped": f"peer run failed: {tail[0]}"}
-    row = json.loads(run.stdout.strip().splitlines()[-1])
-    print(
-        f"pykan KANLayer vs KANLinear(bspline) {row['layer']}: pykan {row['pykan_ms']:.1f} ms, "
-        f"ours {row['archbench_ms']:.1f} ms, x{row['pykan_over_archbench']:.2f} "
-        f"(outputs differ by {row['max_abs_output_diff']:.2g})",
-        flush=True,
-    )
+    row = run_snippet(venv, PYKAN_CODE, [LIN_IN, LIN_OUT, BATCH, repeats, warmup, threads])
+    if "skipped" not in row:
+        print(
+            f"pykan KANLayer vs KANLinear(bspline) {row['layer']}: pykan {row['pykan_ms']:.1f} "
+            f"ms, ours {row['archbench_ms']:.1f} ms, x{row['pykan_over_archbench']:.2f} "
+            f"(outputs differ by {row['max_abs_output_diff']:.2g})",
+            flush=True,
+        )
     return row
 
 
@@ -288,7 +276,7 @@ def main() -> None:
         help="replace only these bases' rows in an existing output file (keep the others)",
     )
     ap.add_argument("--no-peer", action="store_true", help="skip the pykan comparison")
-    ap.add_argument("--peer-venv", default="/tmp/peers-venv")
+    ap.add_argument("--peer-venv", default=DEFAULT_VENV)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kan_speed.json"))
     args = ap.parse_args()
     if args.threads:

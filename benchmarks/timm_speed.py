@@ -75,7 +75,9 @@ import timm
 import archbench
 
 if retain == "1":  # both models share the process, so both run on the retained heap
-    assert archbench.retain_freed_memory()["applied"]
+    retained = archbench.retain_freed_memory()
+    if not retained["applied"]:
+        raise SystemExit(f"--retain-heap cannot be applied: {retained['reason']}")
 
 
 class Calls(TorchDispatchMode):
